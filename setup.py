@@ -1,0 +1,18 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="l2rw_tf",
+    version="0.1.0",
+    description="Learning to Reweight Examples for Robust Deep Learning (Ren et al., 2018) in TensorFlow 2 / Keras 3",
+    packages=find_packages(include=["l2rw_tf", "l2rw_tf.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "tensorflow>=2.16,<2.22",
+        "keras>=3.3",
+        "tensorflow-datasets>=4.9.4",
+        "numpy",
+        "absl-py",
+        "matplotlib",
+    ],
+    extras_require={"test": ["pytest"]},
+)
