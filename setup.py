@@ -12,6 +12,7 @@ setup(
         "tensorflow-datasets>=4.9.4",
         "numpy",
         "absl-py",
+        "tensorboard",  # tf.summary needs it; TF 2.21 no longer installs it
         "matplotlib",
     ],
     extras_require={"test": ["pytest"]},

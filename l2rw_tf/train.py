@@ -1,0 +1,245 @@
+"""Training: the weighted step of every method, and a resumable loop that logs what it does.
+
+A run directory holds `flags.json` (the settings), `metrics.csv` (one row per evaluation),
+`tb/` (TensorBoard), `ckpt/` (model, optimizer, step, input iterators, RNG) and, once finished,
+`result.json`. Running the same settings on the same directory resumes from the last checkpoint;
+a finished run is not run again.
+"""
+import csv
+import dataclasses
+import json
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from l2rw_tf import reweight
+
+METHODS = ("l2rw", "baseline", "ratio", "random", "resample", "hard_mining")
+# Methods that train on a clean set; the others get the clean images as extra training data,
+# as in the original code (which sets nval = 0 for its baselines).
+USES_CLEAN_SET = ("l2rw",)
+
+
+class TF1Momentum(keras.optimizers.Optimizer):
+    """Momentum in the TF1 form of the original code: acc = μ·acc + g; θ −= lr·acc.
+
+    (Keras' SGD keeps velocity = μ·v − lr·g instead, which differs once the learning rate changes.)
+    """
+
+    def __init__(self, learning_rate, momentum=0.9, name="tf1_momentum", **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.momentum = momentum
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self.accumulators = [self.add_variable_from_reference(v, "accumulator")
+                             for v in variables]
+
+    def update_step(self, gradient, variable, learning_rate):
+        accumulator = self.accumulators[self._get_variable_index(variable)]
+        self.assign(accumulator, self.momentum * accumulator + gradient)
+        self.assign_sub(variable, tf.cast(learning_rate, variable.dtype) * accumulator)
+
+
+@dataclasses.dataclass
+class StepConfig:
+    method: str = "l2rw"
+    meta_grad: str = "jvp"
+    clean_weight_decay: bool = True  # regularisation losses in the clean meta loss
+    pos_ratio: float = 0.995         # for `ratio`
+    seed: int = 0
+
+
+def hard_mining_weights(model, labels, images):
+    """Hard *positive* mining as the original intended (its version ranks a scalar mean loss):
+    keep every minority (label 0) example plus the k majority examples with the largest loss,
+    k = max(#minority, 1); uniform weights over the kept examples."""
+    losses = reweight.per_example_loss(labels, reweight.forward(
+        model, reweight.current_params(model), images))
+    is_majority = tf.cast(tf.equal(labels, 1), tf.float32)
+    k = tf.maximum(tf.cast(tf.reduce_sum(1.0 - is_majority), tf.int32), 1)
+    k = tf.minimum(k, tf.cast(tf.reduce_sum(is_majority), tf.int32))
+    # Minority examples rank below every majority example, so top_k picks majority only.
+    ranked = tf.where(is_majority > 0, losses, -np.inf)
+    _, hardest = tf.math.top_k(ranked, k)
+    picked = tf.scatter_nd(hardest[:, None], tf.ones_like(hardest, tf.float32),
+                           tf.shape(labels, out_type=tf.int32))
+    mask = tf.maximum(1.0 - is_majority, picked)
+    return mask / tf.reduce_sum(mask)
+
+
+# Statistics accumulated inside the step between evaluations (sums; see `summarize`).
+STAT_NAMES = ("steps", "loss", "mean_loss", "examples", "zero_weights", "minority_weight",
+              "noisy_weight", "noisy_count", "clean_weight", "clean_count")
+
+
+def make_train_step(model, optimizer, config, rng):
+    """A `tf.function` doing one step of `config.method`; it adds its statistics to `stats`.
+
+    Returns (train_step, stats, trace_count) where `trace_count[0]` counts Python traces.
+    """
+    stats = tf.Variable(tf.zeros(len(STAT_NAMES)), trainable=False, name="stats")
+    trace_count = [0]
+
+    def batch_weights(noisy, clean):
+        labels = noisy["label"]
+        n = tf.shape(labels)[0]
+        uniform = tf.fill([n], 1.0 / tf.cast(n, tf.float32))
+        if config.method == "l2rw":
+            return reweight.example_weights(
+                model, (noisy["image"], labels), (clean["image"], clean["label"]),
+                config.meta_grad, config.clean_weight_decay)
+        if config.method == "random":
+            return reweight.normalize_weights(rng.normal([n]))
+        if config.method == "ratio":
+            # The original's proportion weighting (not normalised): p for 4s, 1 − p for 9s.
+            y = tf.cast(labels, tf.float32)
+            return config.pos_ratio * (1.0 - y) + (1.0 - config.pos_ratio) * y
+        if config.method == "hard_mining":
+            return hard_mining_weights(model, labels, noisy["image"])
+        return uniform  # baseline, resample (balanced batches come from the data)
+
+    @tf.function
+    def train_step(noisy, clean):
+        trace_count[0] += 1
+        weights = tf.stop_gradient(batch_weights(noisy, clean))
+        with tf.GradientTape() as tape:
+            logits = model(noisy["image"], training=True)
+            losses = reweight.per_example_loss(noisy["label"], logits)
+            loss = tf.reduce_sum(weights * losses)
+            if model.losses:
+                loss += tf.add_n(model.losses)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+
+        n = tf.cast(tf.size(weights), tf.float32)
+        noisy_mask = tf.cast(noisy["is_noisy"], tf.float32)
+        minority = tf.cast(tf.equal(noisy["label"], 0), tf.float32)
+        stats.assign_add(tf.stack([
+            1.0, loss, tf.reduce_mean(losses), n,
+            tf.reduce_sum(tf.cast(tf.equal(weights, 0.0), tf.float32)),
+            tf.reduce_sum(weights * minority),
+            tf.reduce_sum(weights * noisy_mask) * n, tf.reduce_sum(noisy_mask),
+            tf.reduce_sum(weights * (1.0 - noisy_mask)) * n, tf.reduce_sum(1.0 - noisy_mask)]))
+
+    return train_step, stats, trace_count
+
+
+def summarize(stat_sums):
+    """Averages of the accumulated statistics; per-example weights are relative to uniform
+    (1.0 = 1/n), so clean vs corrupted examples compare directly."""
+    s = dict(zip(STAT_NAMES, np.asarray(stat_sums, dtype=np.float64)))
+    steps = max(s["steps"], 1.0)
+
+    def ratio(a, b):
+        return s[a] / s[b] if s[b] > 0 else float("nan")
+
+    return {"loss": s["loss"] / steps, "mean_loss": s["mean_loss"] / steps,
+            "zero_weight_fraction": ratio("zero_weights", "examples"),
+            "minority_weight_mass": s["minority_weight"] / steps,
+            "weight_noisy": ratio("noisy_weight", "noisy_count"),
+            "weight_clean": ratio("clean_weight", "clean_count")}
+
+
+def make_evaluate(model, eval_sets, preprocess, batch_size=1000):
+    """Accuracy on every evaluation set (inference mode: BN moving statistics, no dropout)."""
+    @tf.function
+    def predict(images):
+        logits = model(preprocess(images), training=False)
+        if logits.shape[-1] == 1:
+            return tf.cast(logits[:, 0] > 0.0, tf.int64)
+        return tf.argmax(logits, axis=-1)
+
+    def evaluate():
+        result = {}
+        for name, (images, labels) in eval_sets.items():
+            correct = 0
+            for start in range(0, len(labels), batch_size):
+                batch = images[start:start + batch_size]
+                correct += int(np.sum(predict(batch).numpy() == labels[start:start + batch_size]))
+            result[f"{name}_accuracy"] = correct / len(labels)
+        return result
+
+    return evaluate
+
+
+class MetricsLog:
+    """metrics.csv plus TensorBoard scalars. On resume, rows past the restored step are dropped,
+    so the file reads as if the run had never stopped."""
+
+    def __init__(self, run_dir, resume_step):
+        self.path = os.path.join(run_dir, "metrics.csv")
+        self.rows = []
+        if os.path.exists(self.path):
+            with open(self.path) as f:
+                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+        self.writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb"))
+
+    def write(self, row):
+        self.rows.append(row)
+        with open(self.path + ".tmp", "w", newline="") as f:
+            out = csv.DictWriter(f, fieldnames=list(row))
+            out.writeheader()
+            out.writerows(self.rows)
+        os.replace(self.path + ".tmp", self.path)  # never a half-written CSV
+        with self.writer.as_default(step=int(row["step"])):
+            for key, value in row.items():
+                if key != "step":
+                    tf.summary.scalar(key, float(value))
+        self.writer.flush()
+
+
+def write_json(path, obj):
+    with open(path + ".tmp", "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+
+
+def train(model, optimizer, train_ds, clean_ds, evaluate, run_dir, num_steps, config,
+          eval_interval=100, checkpoint_interval=500, log=print, stop_at_step=None):
+    """Trains for `num_steps` (resuming from `run_dir/ckpt` if there is one) and returns the
+    final metrics row. `stop_at_step` simulates a crash just after that step (tests)."""
+    os.makedirs(run_dir, exist_ok=True)
+    step = tf.Variable(0, dtype=tf.int64, name="step")
+    rng = tf.random.Generator.from_seed(config.seed)
+    train_iter, clean_iter = iter(train_ds), iter(clean_ds)
+    train_step, stats, trace_count = make_train_step(model, optimizer, config, rng)
+    optimizer.build(model.trainable_variables)
+    checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, rng=rng,
+                                     stats=stats, train_iter=train_iter, clean_iter=clean_iter)
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(run_dir, "ckpt"), max_to_keep=2)
+    if manager.latest_checkpoint:
+        checkpoint.restore(manager.latest_checkpoint).assert_consumed()
+        log(f"resumed from {manager.latest_checkpoint} at step {int(step)}")
+    metrics = MetricsLog(run_dir, int(step))
+
+    start_time, start_step, row = time.time(), int(step), None
+    while int(step) < num_steps:
+        train_step(next(train_iter), next(clean_iter))
+        step.assign_add(1)
+        current = int(step)
+        if current % eval_interval == 0 or current == num_steps:
+            row = {"step": current, "lr": float(optimizer.learning_rate),
+                   **summarize(stats.numpy()), **evaluate()}
+            stats.assign(tf.zeros_like(stats))
+            metrics.write(row)
+            rate = (current - start_step) / max(time.time() - start_time, 1e-9)
+            log(f"step {current}/{num_steps}  loss {row['loss']:.4f}  " + "  ".join(
+                f"{k} {v:.4f}" for k, v in row.items() if k.endswith("accuracy"))
+                + f"  ({rate:.1f} steps/s)")
+        if current % checkpoint_interval == 0 or current == num_steps:
+            manager.save(checkpoint_number=current)
+        if stop_at_step is not None and current >= stop_at_step:
+            raise KeyboardInterrupt(f"simulated crash after step {current}")
+    if row is None:  # already finished before this call
+        row = metrics.rows[-1] if metrics.rows else {"step": int(step), **evaluate()}
+    row = {k: float(v) for k, v in row.items()}
+    row["step"] = int(row["step"])
+    row["train_seconds"] = time.time() - start_time
+    row["traces"] = trace_count[0]
+    return row
