@@ -4,13 +4,21 @@ Every training example carries a dict {"image", "label", "index", "is_noisy"}: `
 position in the training set and `is_noisy` whether its label was corrupted, so weights can be
 analysed per example. Images stay uint8 until the batch is formed (small checkpoints of the input
 pipeline, which only shuffles indices).
+
+Two experiment families: `mnist_imbalance` (paper Fig. 2) and `noisy_experiment` (CIFAR noisy
+labels, paper Tables 1-2, and the report's MNIST BackgroundFlip), over any dataset `load_dataset`
+knows: tfds `mnist`, `cifar10`, `cifar100`, or a local image folder `folder:PATH`.
 """
 import dataclasses
+import hashlib
 import os
+import pathlib
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+
+from l2rw_tf import noise
 
 
 class DataError(ValueError):
@@ -28,6 +36,10 @@ class ExperimentData:
     eval_sets: dict  # name -> (images, labels), e.g. {"test": ..., "train": ...}
     num_classes: int
     info: dict = dataclasses.field(default_factory=dict)  # counts and choices, for the logs
+    train_source: np.ndarray = None  # index of each training / clean example in the source split
+    clean_source: np.ndarray = None
+    train_clean_labels: np.ndarray = None  # true labels of the training examples (noisy task)
+    hyper_val_source: np.ndarray = None    # index of each hyper-validation example (noisy task)
 
     @property
     def input_shape(self):
@@ -36,20 +48,200 @@ class ExperimentData:
 
 def load_tfds(name, split, data_dir=None):
     """(images uint8 [N, H, W, C], labels int64 [N]) of a tfds dataset, with a clear error offline."""
+    images, labels, _ = _load_tfds(name, split, data_dir)
+    return images, labels
+
+
+def _as_arrays(ds, chunk=10000):
+    """A supervised (image, label) dataset as two numpy arrays, read in chunks (a single
+    batch_size=-1 read crashes on tfds.testing.mock_data's generated datasets)."""
+    images, labels = [], []
+    for x, y in tfds.as_numpy(ds.batch(chunk)):
+        images.append(x)
+        labels.append(y)
+    if not images:
+        raise DataError("the split is empty")
+    return np.concatenate(images), np.concatenate(labels).astype(np.int64)
+
+
+def _load_tfds(name, split, data_dir=None):
     data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
     try:
         builder = tfds.builder(name, data_dir=data_dir)
         if not builder.is_prepared():
             builder.download_and_prepare()
-        images, labels = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1,
-                                                          as_supervised=True))
+        num_classes = builder.info.features["label"].num_classes
+        images, labels = _as_arrays(builder.as_dataset(split=split, as_supervised=True))
     except Exception as e:  # noqa: BLE001 -- tfds raises many kinds offline; name the fix instead.
         where = data_dir or "the default tfds directory (~/tensorflow_datasets)"
         raise DataError(
             f"cannot load tfds dataset {name!r} split {split!r} from {where} ({type(e).__name__}); "
             f"set --data_dir or TFDS_DATA_DIR to a prepared tfds directory "
             f"(e.g. ../shared/tensorflow_datasets) or run once with internet access") from None
-    return images, labels.astype(np.int64)
+    return images, labels, num_classes
+
+
+TFDS_DATASETS = ("mnist", "cifar10", "cifar100")
+FOLDER_PREFIX = "folder:"
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+JPEG_COPY_NAME = "cifar10_jpeg"  # ../shared/datasets/cifar10_jpeg, the CIFAR-10 JPEG copy
+
+
+def cache_dir():
+    """Where decoded image folders are cached: $L2RW_CACHE_DIR, else ~/.cache/l2rw_tf."""
+    return pathlib.Path(os.environ.get("L2RW_CACHE_DIR")
+                        or pathlib.Path.home() / ".cache" / "l2rw_tf")
+
+
+def resolve_folder(path):
+    """An image folder path: as given (relative to the working directory), else relative to the
+    repository checkout, so flagfiles naming ../shared/... work from anywhere."""
+    candidates = [pathlib.Path(path).expanduser()]
+    if not candidates[0].is_absolute():
+        candidates.append(REPO_ROOT / path)
+    for candidate in candidates:
+        if candidate.is_dir():
+            return candidate.resolve()
+    raise DataError(f"image folder {path!r} does not exist (--dataset=folder:PATH needs "
+                    f"PATH/<split>/<class>/<image> with splits train and test)")
+
+
+def _folder_fingerprint(root):
+    """A digest of every image file's relative path, size and mtime under `root`."""
+    digest = hashlib.sha1(str(root).encode())
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            if name.lower().endswith(IMAGE_SUFFIXES):
+                st = os.stat(os.path.join(dirpath, name))
+                rel = os.path.relpath(os.path.join(dirpath, name), root)
+                digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def load_folder(path, split, use_cache=True):
+    """(images uint8 [N, H, W, 3], labels int64 [N], class names) of one split of an image folder
+    read by `tfds.ImageFolder` (PATH/<split>/<class>/<image>; classes sorted by name, label = rank;
+    tfds' own deterministic example order). The decoded arrays are cached as .npz in `cache_dir()`,
+    keyed by the folder's path and its files' sizes and mtimes, since decoding 60,000 JPEGs is slow.
+    """
+    root = resolve_folder(path)
+    cache = None
+    if use_cache:
+        cache = cache_dir() / f"folder_{root.name}_{_folder_fingerprint(root)}_{split}.npz"
+        if cache.exists():
+            with np.load(cache, allow_pickle=False) as z:
+                return z["images"], z["labels"], [str(c) for c in z["classes"]]
+    try:
+        builder = tfds.ImageFolder(str(root))
+    except Exception as e:  # noqa: BLE001
+        raise DataError(f"cannot read image folder {str(root)!r}: {e}") from None
+    if split not in builder.info.splits:
+        raise DataError(f"image folder {str(root)!r} has no {split!r} split (sub-folders: "
+                        f"{sorted(builder.info.splits)}); it needs {root}/{split}/<class>/<image>")
+    classes = list(builder.info.features["label"].names)
+    ds = builder.as_dataset(split=split, as_supervised=True)
+    shapes = set()
+    images, labels = [], []
+    for image, label in tfds.as_numpy(ds):
+        shapes.add(image.shape)
+        if len(shapes) > 1:
+            raise DataError(f"images of {str(root)!r} differ in size ({sorted(shapes)}); "
+                            f"resize them to one size first")
+        images.append(image)
+        labels.append(label)
+    if not images:
+        raise DataError(f"image folder {str(root)!r} split {split!r} holds no images")
+    images, labels = np.stack(images).astype(np.uint8), np.asarray(labels, np.int64)
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp.npz")
+        np.savez(tmp, images=images, labels=labels, classes=np.asarray(classes))
+        os.replace(tmp, cache)
+    return images, labels, classes
+
+
+def dataset_label(dataset):
+    """How results on `dataset` must be named (the JPEG copy is never "CIFAR-10")."""
+    if dataset.startswith(FOLDER_PREFIX):
+        path = dataset[len(FOLDER_PREFIX):]
+        if pathlib.Path(path.rstrip("/")).name == JPEG_COPY_NAME:
+            return "CIFAR-10 (JPEG copy)"
+        return f"image folder {path}"
+    return {"mnist": "MNIST", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}.get(dataset, dataset)
+
+
+def load_dataset(dataset, data_dir=None):
+    """((train images, labels), (test images, labels), num_classes) of `dataset`: a tfds name of
+    TFDS_DATASETS or `folder:PATH` (splits train and test)."""
+    if dataset.startswith(FOLDER_PREFIX):
+        path = dataset[len(FOLDER_PREFIX):]
+        train_x, train_y, classes = load_folder(path, "train")
+        test_x, test_y, _ = load_folder(path, "test")
+        return (train_x, train_y), (test_x, test_y), len(classes)
+    if dataset not in TFDS_DATASETS:
+        raise DataError(f"unknown dataset {dataset!r}: choose one of "
+                        f"{', '.join(TFDS_DATASETS)} or folder:PATH")
+    train_x, train_y, num_classes = _load_tfds(dataset, "train", data_dir)
+    test_x, test_y, _ = _load_tfds(dataset, "test", data_dir)
+    return (train_x, train_y), (test_x, test_y), num_classes
+
+
+def noisy_experiment(dataset="cifar10", noise_type="uniform", ratio=0.4, semantics="paper",
+                     num_clean=1000, clean_per_class=None, num_hyper_val=5000, seed=0,
+                     num_train_subset=None, data_dir=None, arrays=None):
+    """The noisy-label experiment of the original CIFAR code (reference §3), on any dataset.
+
+    Splits of the training split (`noise.split_indices`): the last `num_hyper_val` of a
+    RandomState(seed) shuffle are the hyper-validation set, kept twice (clean labels, and labels
+    corrupted like the training set) for monitoring; of the rest, the clean set (`num_clean` at
+    random, or `clean_per_class` of each class) is never corrupted, and the others are the noisy
+    pool. `num_train_subset` keeps only the first K of the (shuffled) pool, *before* corruption,
+    so a fraction `ratio` of the subset is still corrupted. Labels: `noise.corrupt_labels` of the
+    pool in its order (the first floor(ratio * n) are candidates), from RandomState(seed + 1).
+    The test split is untouched. `arrays` = ((train_x, train_y), (test_x, test_y), num_classes)
+    skips loading.
+    """
+    if arrays is None:
+        arrays = load_dataset(dataset, data_dir)
+    (train_x, train_y), (test_x, test_y), num_classes = arrays
+    try:
+        split = noise.split_indices(len(train_y), num_clean, num_hyper_val, seed,
+                                    clean_per_class=clean_per_class,
+                                    labels=train_y if clean_per_class is not None else None)
+    except ValueError as e:
+        raise DataError(f"cannot split the {len(train_y)} training images of {dataset}: {e}") \
+            from None
+    pool = split["noisy"]
+    if num_train_subset is not None:
+        if not 0 < num_train_subset <= len(pool):
+            raise DataError(f"--num_train_subset={num_train_subset} must be in [1, {len(pool)}] "
+                            f"(the size of the noisy pool)")
+        pool = pool[:num_train_subset]
+    try:
+        labels, is_noisy, background = noise.corrupt_labels(
+            train_y[pool], num_classes, ratio, noise_type, semantics, seed)
+        hv = split["hyper_val"]
+        hv_labels, _, _ = noise.corrupt_labels(train_y[hv], num_classes, ratio, noise_type,
+                                               semantics, seed)
+    except ValueError as e:
+        raise DataError(str(e)) from None
+    clean = split["clean"]
+    eval_sets = {"test": (test_x, test_y)}
+    if len(hv):
+        eval_sets["hyper_val_clean"] = (train_x[hv], train_y[hv])
+        eval_sets["hyper_val_noisy"] = (train_x[hv], hv_labels)
+    return ExperimentData(
+        train_images=train_x[pool], train_labels=labels, train_is_noisy=is_noisy,
+        clean_images=train_x[clean], clean_labels=train_y[clean],
+        eval_sets=eval_sets, num_classes=num_classes,
+        info={"dataset": dataset_label(dataset), "noise": noise_type, "ratio": ratio,
+              "semantics": semantics, "background_class": background,
+              "train": len(pool), "corrupted": int(is_noisy.sum()), "clean": len(clean),
+              "hyper_val": len(hv), "test": len(test_y), "num_classes": num_classes},
+        train_source=pool, clean_source=clean, train_clean_labels=train_y[pool],
+        hyper_val_source=hv)
 
 
 def _count(budget, fraction):
@@ -78,13 +270,13 @@ def mnist_imbalance(pos_ratio=0.995, ntrain=5000, nval=10, ntest=500, seed=0, da
     (train_x, train_y), (test_x, test_y) = arrays
     rnd = np.random.RandomState(seed)
 
-    def take(images, labels, digit, counts, shuffle=True):
-        pool = images[labels == digit]
+    def take(labels, digit, counts):
+        """Source indices of `digit`, shuffled, cut into consecutive parts of `counts`."""
+        pool = np.flatnonzero(labels == digit)
         if sum(counts) > len(pool):
             raise DataError(f"asked for {sum(counts)} images of digit {digit} but only "
                             f"{len(pool)} exist; lower --ntrain/--nval/--ntest")
-        if shuffle:
-            pool = pool[rnd.permutation(len(pool))]
+        pool = pool[rnd.permutation(len(pool))]
         bounds = np.cumsum([0] + list(counts))
         return [pool[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
@@ -96,20 +288,20 @@ def mnist_imbalance(pos_ratio=0.995, ntrain=5000, nval=10, ntest=500, seed=0, da
                         f"minority training images after the clean set; raise --ntrain or "
                         f"lower --pos_ratio/--nval")
     # Same draw order as the original: 4s (train pool, then test), then 9s.
-    val0, train0 = take(train_x, train_y, minority_digit, [per_class_val, n_minority])
-    (test0,) = take(test_x, test_y, minority_digit, [ntest // 2])
-    val1, train1 = take(train_x, train_y, majority_digit, [per_class_val, n_majority])
-    (test1,) = take(test_x, test_y, majority_digit, [ntest // 2])
+    val0, train0 = take(train_y, minority_digit, [per_class_val, n_minority])
+    (test0,) = take(test_y, minority_digit, [ntest // 2])
+    val1, train1 = take(train_y, majority_digit, [per_class_val, n_majority])
+    (test1,) = take(test_y, majority_digit, [ntest // 2])
 
-    def labelled(x0, x1):
-        images = np.concatenate([x0, x1])
-        labels = np.concatenate([np.zeros(len(x0), np.int64), np.ones(len(x1), np.int64)])
-        order = rnd.permutation(len(images))  # the original's final shuffle
-        return images[order], labels[order]
+    def labelled(images, index0, index1):
+        source = np.concatenate([index0, index1])
+        labels = np.concatenate([np.zeros(len(index0), np.int64), np.ones(len(index1), np.int64)])
+        order = rnd.permutation(len(source))  # the original's final shuffle
+        return images[source[order]], labels[order], source[order]
 
-    train_images, train_labels = labelled(train0, train1)
-    clean_images, clean_labels = labelled(val0, val1)
-    test_images, test_labels = labelled(test0, test1)
+    train_images, train_labels, train_source = labelled(train_x, train0, train1)
+    clean_images, clean_labels, clean_source = labelled(train_x, val0, val1)
+    test_images, test_labels, _ = labelled(test_x, test0, test1)
     return ExperimentData(
         train_images=train_images, train_labels=train_labels,
         train_is_noisy=np.zeros(len(train_labels), bool),
@@ -117,7 +309,8 @@ def mnist_imbalance(pos_ratio=0.995, ntrain=5000, nval=10, ntest=500, seed=0, da
         eval_sets={"test": (test_images, test_labels), "train": (train_images, train_labels)},
         num_classes=2,
         info={"train_minority": len(train0), "train_majority": len(train1),
-              "clean": len(clean_labels), "test": len(test_labels)})
+              "clean": len(clean_labels), "test": len(test_labels)},
+        train_source=train_source, clean_source=clean_source)
 
 
 def to_float(images):
@@ -125,24 +318,63 @@ def to_float(images):
     return tf.cast(images, tf.float32) / 255.0
 
 
-def example_dataset(images, labels, is_noisy=None, batch_size=100, seed=0, preprocess=to_float):
-    """Endless shuffled batches (epoch by epoch, like the original's `next_batch`) of dicts
-    {"image", "label", "index", "is_noisy"}. Only indices pass through the shuffle, so the
-    iterator's checkpoint is small; the images are gathered per batch."""
-    if is_noisy is None:
-        is_noisy = np.zeros(len(labels), bool)
+def to_signed(images):
+    """uint8 -> float32 in [-1, 1]: (x - 0.5) * 2 of [0, 1], as the original CIFAR pipeline."""
+    return (to_float(images) - 0.5) * 2.0
+
+
+def augment_batch(images, seed, pad=2):
+    """The original's training distortion of a batch [B, H, W, C] (any dtype): zero-pad `pad`
+    pixels per side, random H x W crop, random horizontal flip, each image on its own draw.
+
+    Stateless: the result is a function of `seed` (a shape-[2] integer tensor) alone, so a
+    resumed input pipeline redraws exactly what the interrupted one would have.
+    """
+    shape = tf.shape(images)
+    b, h, w = shape[0], shape[1], shape[2]
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    offsets = tf.random.stateless_uniform([b, 2], crop_seed, minval=0, maxval=2 * pad + 1,
+                                          dtype=tf.int32)
+    flip = tf.random.stateless_uniform([b], flip_seed) < 0.5
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    rows = offsets[:, :1] + tf.range(h)[None, :]   # [B, H]
+    cols = offsets[:, 1:] + tf.range(w)[None, :]   # [B, W]
+    cropped = tf.gather(padded, rows, axis=1, batch_dims=1)            # [B, H, W + 2 pad, C]
+    cropped = tf.gather(cropped, cols, axis=2, batch_dims=1)           # [B, H, W, C]
+    return tf.where(flip[:, None, None, None], tf.reverse(cropped, axis=[2]), cropped)
+
+
+def _batches(index_ds, images, labels, is_noisy, preprocess, augment_seed):
+    """Batches of indices -> dicts {"image", "label", "index", "is_noisy"}, with the stateless
+    augmentation of batch k seeded by (augment_seed, k) when `augment_seed` is not None."""
     images, labels, is_noisy = (tf.constant(a) for a in (images, labels, is_noisy))
 
-    def gather(index):
-        return {"image": preprocess(tf.gather(images, index)), "label": tf.gather(labels, index),
+    def gather(k, index):
+        batch = tf.gather(images, index)
+        if augment_seed is not None:
+            batch = augment_batch(batch, tf.stack([tf.constant(augment_seed, tf.int64), k]))
+        return {"image": preprocess(batch), "label": tf.gather(labels, index),
                 "index": index, "is_noisy": tf.gather(is_noisy, index)}
 
+    return index_ds.enumerate().map(gather).prefetch(tf.data.AUTOTUNE)
+
+
+def example_dataset(images, labels, is_noisy=None, batch_size=100, seed=0, preprocess=to_float,
+                    augment_seed=None):
+    """Endless shuffled batches (epoch by epoch, like the original's `next_batch`) of dicts
+    {"image", "label", "index", "is_noisy"}. Only indices pass through the shuffle, so the
+    iterator's checkpoint is small; the images are gathered per batch. With `augment_seed`
+    (an int), every batch is distorted by `augment_batch` before `preprocess`."""
+    if is_noisy is None:
+        is_noisy = np.zeros(len(labels), bool)
     ds = tf.data.Dataset.range(len(labels))
     ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True).repeat()
-    return ds.batch(batch_size, drop_remainder=True).map(gather).prefetch(tf.data.AUTOTUNE)
+    return _batches(ds.batch(batch_size, drop_remainder=True), images, labels, is_noisy,
+                    preprocess, augment_seed)
 
 
-def class_balanced_dataset(images, labels, batch_size=100, seed=0, preprocess=to_float):
+def class_balanced_dataset(images, labels, batch_size=100, seed=0, preprocess=to_float,
+                           is_noisy=None, augment_seed=None):
     """Batches that draw each class with equal probability (the `resample` baseline)."""
     classes = np.unique(labels)
     per_class = [
@@ -150,10 +382,7 @@ def class_balanced_dataset(images, labels, batch_size=100, seed=0, preprocess=to
         .shuffle(int(np.sum(labels == c)), seed=seed + i, reshuffle_each_iteration=True).repeat()
         for i, c in enumerate(classes)]
     ds = tf.data.Dataset.sample_from_datasets(per_class, seed=seed, rerandomize_each_iteration=True)
-    images, labels = tf.constant(images), tf.constant(labels)
-
-    def gather(index):
-        return {"image": preprocess(tf.gather(images, index)), "label": tf.gather(labels, index),
-                "index": index, "is_noisy": tf.zeros_like(index, tf.bool)}
-
-    return ds.batch(batch_size, drop_remainder=True).map(gather).prefetch(tf.data.AUTOTUNE)
+    if is_noisy is None:
+        is_noisy = np.zeros(len(labels), bool)
+    return _batches(ds.batch(batch_size, drop_remainder=True), images, labels, is_noisy,
+                    preprocess, augment_seed)

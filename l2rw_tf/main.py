@@ -1,8 +1,17 @@
-"""The one entry point: `python -m l2rw_tf.main --flagfile=configs/mnist_imbalance.flags`.
+"""The one entry point: `python -m l2rw_tf.main --flagfile=configs/<setting>.flags`.
 
-Flag names follow the original scripts (`pos_ratio`, `ntrain`, `nval`, `ntest`, ...). A run writes
-into `--logdir` (see train.py); rerunning the same command resumes it, and a finished run is
-reported, not rerun.
+Two tasks:
+
+* `--task=imbalance`: MNIST 4 vs 9 class imbalance (paper Fig. 2; configs/mnist_imbalance.flags).
+  Flag names follow the original scripts (`pos_ratio`, `ntrain`, `nval`, `ntest`, ...).
+* `--task=noisy` (the default): noisy labels (paper Tables 1-2, reference §3), UniformFlip or
+  BackgroundFlip on `mnist`, `cifar10`, `cifar100` or `folder:PATH`. Settings left unset take the
+  paper's values for the dataset, noise and model, so
+  `python -m l2rw_tf.main --dataset=cifar10 --noise=uniform --ratio=0.4` is Table 1's CIFAR-10
+  setting (WRN-28-10, 1,000 clean images, 60K steps, lr 0.1 -> 0.01 -> 0.001 at 40K / 50K).
+
+A run writes into `--logdir` (see train.py); rerunning the same command resumes it, and a
+finished run is reported, not rerun.
 """
 import json
 import os
@@ -12,73 +21,249 @@ from absl import app, flags  # noqa: F401 -- app defines --help/--helpfull
 
 FLAGS = flags.FLAGS
 
-flags.DEFINE_enum("task", "imbalance", ["imbalance"], "Experiment family.")
-flags.DEFINE_string("dataset", "mnist", "tfds dataset name.")
+TASKS = ("imbalance", "noisy")
+flags.DEFINE_enum("task", "noisy", list(TASKS), "Experiment family: noisy (noisy labels) or "
+                  "imbalance (MNIST 4 vs 9).")
+flags.DEFINE_string("dataset", "mnist", "mnist, cifar10, cifar100 (tfds) or folder:PATH, an "
+                    "image folder PATH/{train,test}/<class>/<image> read by tfds.ImageFolder "
+                    "(e.g. folder:../shared/datasets/cifar10_jpeg, the CIFAR-10 JPEG copy).")
 flags.DEFINE_string("data_dir", None, "tfds data directory (default: $TFDS_DATA_DIR, then "
                     "~/tensorflow_datasets). Offline, point it at a prepared copy.")
-flags.DEFINE_string("model", "lenet", "Model name (see l2rw_tf.models.build_model).")
-flags.DEFINE_string("method", "l2rw", "Weighting method: one of l2rw, baseline, ratio, random, "
-                    "resample, hard_mining.")
+flags.DEFINE_string("model", None, "lenet, resnet32, wrn28_10 or resnet (reduced ResNet, see "
+                    "--units/--width). Default: lenet on MNIST; on other data wrn28_10 for "
+                    "uniform noise and resnet32 otherwise (the paper's tables).")
+flags.DEFINE_string("method", "l2rw", "Weighting method: l2rw, baseline, random, resample; "
+                    "imbalance only: ratio, hard_mining; noisy only: clean_only, finetune, "
+                    "weighted (BackgroundFlip).")
 flags.DEFINE_string("meta_grad", "jvp", "How L2RW gets its meta-gradient: jvp (forward-mode "
                     "identity at eps=0) or lookahead (Algorithm 1, nested tapes).")
 flags.DEFINE_integer("seed", 0, "Random seed of data construction, initialisation and batches.")
-flags.DEFINE_integer("num_steps", 8000, "Training steps.")
+flags.DEFINE_integer("num_steps", None, "Training steps (default: imbalance 8000; noisy: 60000 "
+                     "for wrn28_10, 80000 for the other ResNets, 4000 for lenet). The original "
+                     "clean_only runs 2000 steps and finetune 5000: pass --num_steps for them.")
 flags.DEFINE_integer("batch_size", 100, "Noisy (training) batch size n.")
 flags.DEFINE_integer("clean_batch_size", None, "Clean batch size m (default: min(batch_size, "
                      "clean set size), as the original).")
 flags.DEFINE_integer("hard_mining_pool", 500, "Batch from which hard_mining selects (original: "
                      "500).")
-flags.DEFINE_float("lr", 1e-3, "Learning rate.")
+flags.DEFINE_float("lr", None, "(Initial) learning rate (default: imbalance 1e-3; noisy: 0.1 "
+                   "for the ResNets, 0.01 for lenet).")
+flags.DEFINE_list("lr_boundaries", None, "Steps at which the learning rate changes to the next "
+                  "of --lr_values; as the original's scheduler, the new rate applies from 0-based "
+                  "step boundary-1 on (default for the noisy ResNets: 40000,50000 for wrn28_10, "
+                  "40000,60000 otherwise; none for lenet).")
+flags.DEFINE_list("lr_values", None, "Learning rates from each of --lr_boundaries on, one per "
+                  "boundary (the original's learn_rate_list; default 0.01,0.001 with the default "
+                  "boundaries).")
+flags.DEFINE_float("finetune_lr", 1e-3, "finetune: constant learning rate on the clean set (the "
+                   "original: the final rate of the schedule, 1e-3).")
 flags.DEFINE_float("momentum", 0.9, "Momentum (TF1 form).")
-flags.DEFINE_float("weight_decay", 0.0, "L2 weight decay coefficient on kernels (models that "
-                   "take it).")
+flags.DEFINE_float("weight_decay", None, "L2 weight decay wd*sum(w^2) on conv/dense kernels "
+                   "(default: the model's, 1e-4 for the ResNets, 0 for lenet which has none).")
 flags.DEFINE_bool("clean_weight_decay", True, "Include weight decay in the clean meta loss "
                   "(as the original CIFAR code).")
+flags.DEFINE_float("dropout", None, "ResNets: dropout rate before conv1 of every unit but the "
+                   "first (default: the model's, 0.3 for wrn28_10, 0 otherwise).")
+flags.DEFINE_integer("units", None, "--model=resnet: residual units per stage (default 5).")
+flags.DEFINE_float("width", None, "--model=resnet: multiplier of the 16/32/64 stage filters "
+                   "(default 1).")
+# Imbalance task.
 flags.DEFINE_float("pos_ratio", 0.995, "Imbalance: proportion of the majority class (9s).")
 flags.DEFINE_integer("ntrain", 5000, "Imbalance: total budget of training + clean images.")
 flags.DEFINE_integer("nval", 10, "Imbalance: clean images (half per class), from the budget.")
 flags.DEFINE_integer("ntest", 500, "Imbalance: test images (half per class).")
+# Noisy task.
+flags.DEFINE_enum("noise", "uniform", ["uniform", "background", "none"], "Noisy: label noise, "
+                  "UniformFlip, BackgroundFlip or none.")
+flags.DEFINE_float("ratio", 0.4, "Noisy: fraction of the noisy pool whose labels are corrupted.")
+flags.DEFINE_enum("noise_semantics", "paper", ["paper", "original"], "Noisy: paper (uniform "
+                  "flips always change the class) or original (the original code's draw, "
+                  "bit-for-bit: never class C-1, the label may stay).")
+flags.DEFINE_integer("num_clean", None, "Noisy: clean images, drawn at random as the original "
+                     "(default 1000 for uniform/none noise; see --clean_per_class).")
+flags.DEFINE_integer("clean_per_class", None, "Noisy: a class-balanced clean set of this many "
+                     "images per class, as the paper describes (default 10 for background "
+                     "noise). Exclusive with --num_clean.")
+flags.DEFINE_integer("num_hyper_val", 5000, "Noisy: hyper-validation images held out of the "
+                     "training split (clean and corrupted copies, for monitoring only).")
+flags.DEFINE_integer("num_train_subset", None, "Noisy: train on only the first K images of the "
+                     "shuffled noisy pool (corrupted at --ratio), for CPU-scale settings.")
+flags.DEFINE_bool("augment", None, "Noisy: pad 2 px, random crop, random flip on noisy and clean "
+                  "batches (default: on except for MNIST).")
+flags.DEFINE_string("finetune_from", None, "finetune: run directory of a finished baseline run "
+                    "of the same data and model, whose final weights are the starting point.")
 flags.DEFINE_integer("eval_interval", 100, "Evaluate and log every this many steps.")
 flags.DEFINE_integer("checkpoint_interval", 500, "Checkpoint every this many steps.")
+flags.DEFINE_integer("eval_batch_size", 250, "Batch size of evaluation passes.")
 flags.DEFINE_string("logdir", None, "Run directory (default: runs/<task>_<dataset>_<method>_"
                     "seed<seed>).")
 flags.DEFINE_bool("deterministic", True, "Enable TF op determinism (bitwise-reproducible on CPU).")
 
 # Flags that define what a run computes; a run directory refuses to resume under other values.
-RUN_FLAGS = ("task", "dataset", "model", "method", "meta_grad", "seed", "num_steps",
-             "batch_size", "clean_batch_size", "hard_mining_pool", "lr", "momentum",
-             "weight_decay", "clean_weight_decay", "pos_ratio", "ntrain", "nval", "ntest")
+COMMON_RUN_FLAGS = ("task", "dataset", "model", "method", "meta_grad", "seed", "num_steps",
+                    "batch_size", "clean_batch_size", "lr", "lr_boundaries", "lr_values",
+                    "momentum", "weight_decay", "clean_weight_decay")
+TASK_RUN_FLAGS = {
+    "imbalance": ("hard_mining_pool", "pos_ratio", "ntrain", "nval", "ntest"),
+    "noisy": ("noise", "ratio", "noise_semantics", "num_clean", "clean_per_class",
+              "num_hyper_val", "num_train_subset", "augment", "dropout", "units", "width",
+              "finetune_from", "finetune_lr"),
+}
+IMBALANCE_ONLY = ("pos_ratio", "ntrain", "nval", "ntest", "hard_mining_pool")
+NOISY_ONLY = ("noise", "ratio", "noise_semantics", "num_clean", "clean_per_class",
+              "num_hyper_val", "num_train_subset", "augment", "finetune_from")
+RESNETS = ("resnet32", "wrn28_10", "resnet")
 
 
 class UsageError(ValueError):
     """A bad flag value or run directory: reported in one line, exit status 2."""
 
 
-def validate_flags():
-    from l2rw_tf import reweight, train
+def _present(name):
+    return FLAGS[name].present > 0
+
+
+def resolve_defaults():
+    """Fills every flag left unset (None) with the setting of the task, dataset, noise and model
+    (the paper's, reference §3), so flags.json records what the run really uses."""
     f = FLAGS
+    noisy = f.task == "noisy"
+    mnist = f.dataset == "mnist"
+    if f.model is None:
+        f.model = "lenet" if (mnist or not noisy) else (
+            "wrn28_10" if f.noise == "uniform" else "resnet32")
+    if noisy and f.num_clean is None and f.clean_per_class is None:
+        if f.noise == "background":
+            f.clean_per_class = 10
+        else:
+            f.num_clean = 1000
+    if noisy and f.augment is None:
+        f.augment = not mnist
+    if not noisy or f.model == "lenet":
+        defaults = {"num_steps": 8000, "lr": 1e-3} if not noisy else {"num_steps": 4000,
+                                                                       "lr": 0.01}
+    else:
+        wrn = f.model == "wrn28_10"
+        defaults = {"num_steps": 60000 if wrn else 80000, "lr": 0.1}
+        if f.lr_boundaries is None and f.lr_values is None:
+            f.lr_boundaries = ["40000", "50000" if wrn else "60000"]
+            f.lr_values = ["0.01", "0.001"]
+    for name, value in defaults.items():
+        if getattr(f, name) is None:
+            setattr(f, name, value)
+    if f.weight_decay is None:
+        f.weight_decay = 1e-4 if f.model in RESNETS else 0.0
+    # Lists as numbers, so flags.json compares them as such.
+    try:
+        if f.lr_boundaries is not None:
+            f.lr_boundaries = [int(b) for b in f.lr_boundaries]
+        if f.lr_values is not None:
+            f.lr_values = [float(v) for v in f.lr_values]
+    except ValueError:
+        raise UsageError(f"--lr_boundaries={','.join(map(str, f.lr_boundaries))} / --lr_values="
+                         f"{','.join(map(str, f.lr_values or []))} must be integers / numbers") \
+            from None
+
+
+def validate_flags():
+    from l2rw_tf import data, models, reweight, train
+    f = FLAGS
+    task_methods = train.TASK_METHODS[f.task]
     if f.method not in train.METHODS:
         raise UsageError(f"--method={f.method} is unknown; choose one of {', '.join(train.METHODS)}")
+    if f.method not in task_methods:
+        other = [t for t, methods in train.TASK_METHODS.items() if f.method in methods]
+        raise UsageError(f"--method={f.method} applies to --task={other[0]} only; with "
+                         f"--task={f.task} choose one of {', '.join(task_methods)}")
     if f.meta_grad not in reweight.META_GRADIENTS:
         raise UsageError(f"--meta_grad={f.meta_grad} is unknown; choose one of "
                          f"{', '.join(reweight.META_GRADIENTS)}")
-    if not 0.0 < f.pos_ratio < 1.0:
-        raise UsageError(f"--pos_ratio={f.pos_ratio} must be strictly between 0 and 1")
-    if f.nval < 2 or f.nval % 2:
-        raise UsageError(f"--nval={f.nval} must be even and >= 2 (half of each class)")
-    if f.nval >= f.ntrain:
-        raise UsageError(f"--nval={f.nval} must be smaller than --ntrain={f.ntrain}")
-    for name in ("num_steps", "batch_size", "eval_interval", "checkpoint_interval", "ntest"):
+    other_task = NOISY_ONLY if f.task == "imbalance" else IMBALANCE_ONLY
+    given = [name for name in other_task if _present(name)]
+    if given:
+        raise UsageError(f"--{given[0]} applies to --task="
+                         f"{'noisy' if f.task == 'imbalance' else 'imbalance'} only, not "
+                         f"--task={f.task}")
+    if f.model not in models.MODELS:
+        raise UsageError(f"--model={f.model} is unknown; choose one of {', '.join(models.MODELS)}")
+    if f.task == "imbalance":
+        if f.dataset != "mnist":
+            raise UsageError(f"--task=imbalance is MNIST 4 vs 9: --dataset must be mnist, not "
+                             f"{f.dataset}")
+        if not 0.0 < f.pos_ratio < 1.0:
+            raise UsageError(f"--pos_ratio={f.pos_ratio} must be strictly between 0 and 1")
+        if f.nval < 2 or f.nval % 2:
+            raise UsageError(f"--nval={f.nval} must be even and >= 2 (half of each class)")
+        if f.nval >= f.ntrain:
+            raise UsageError(f"--nval={f.nval} must be smaller than --ntrain={f.ntrain}")
+        if f.clean_batch_size is not None and not 0 < f.clean_batch_size <= f.nval:
+            raise UsageError(f"--clean_batch_size={f.clean_batch_size} must be in "
+                             f"[1, nval={f.nval}]")
+    else:
+        if f.dataset not in data.TFDS_DATASETS and not f.dataset.startswith(data.FOLDER_PREFIX):
+            raise UsageError(f"--dataset={f.dataset} is unknown; choose one of "
+                             f"{', '.join(data.TFDS_DATASETS)} or folder:PATH")
+        if not 0.0 <= f.ratio < 1.0:
+            raise UsageError(f"--ratio={f.ratio} must be in [0, 1)")
+        if f.num_clean is not None and f.clean_per_class is not None:
+            raise UsageError("--num_clean and --clean_per_class exclude each other; give one")
+        for name in ("num_clean", "clean_per_class", "num_train_subset"):
+            if getattr(f, name) is not None and getattr(f, name) <= 0:
+                raise UsageError(f"--{name}={getattr(f, name)} must be positive")
+        if f.num_hyper_val < 0:
+            raise UsageError(f"--num_hyper_val={f.num_hyper_val} must be >= 0")
+        if f.method == "weighted" and f.noise != "background":
+            raise UsageError(f"--method=weighted is the BackgroundFlip baseline: it needs "
+                             f"--noise=background, not --noise={f.noise}")
+        if (f.method == "finetune") != (f.finetune_from is not None):
+            raise UsageError("--method=finetune needs --finetune_from=<baseline run directory>"
+                             if f.method == "finetune" else
+                             f"--finetune_from applies to --method=finetune, not "
+                             f"--method={f.method}")
+        if f.clean_batch_size is not None and f.clean_batch_size <= 0:
+            raise UsageError(f"--clean_batch_size={f.clean_batch_size} must be positive")
+        if f.finetune_lr <= 0:
+            raise UsageError(f"--finetune_lr={f.finetune_lr} must be positive")
+    for name in ("num_steps", "batch_size", "eval_interval", "checkpoint_interval", "ntest",
+                 "eval_batch_size"):
         if getattr(f, name) <= 0:
             raise UsageError(f"--{name}={getattr(f, name)} must be positive")
-    if f.clean_batch_size is not None and not 0 < f.clean_batch_size <= f.nval:
-        raise UsageError(f"--clean_batch_size={f.clean_batch_size} must be in [1, nval={f.nval}]")
     if f.lr <= 0:
         raise UsageError(f"--lr={f.lr} must be positive")
+    boundaries, values = f.lr_boundaries or [], f.lr_values or []
+    if len(boundaries) != len(values):
+        raise UsageError(f"--lr_values needs one rate per --lr_boundaries entry, got "
+                         f"{len(values)} rates for {len(boundaries)} boundaries")
+    if any(b < 1 for b in boundaries) or any(a >= b for a, b in zip(boundaries, boundaries[1:])):
+        raise UsageError(f"--lr_boundaries={','.join(map(str, boundaries))} must be strictly "
+                         f"increasing steps >= 1")
+    if any(v <= 0 for v in values):
+        raise UsageError(f"--lr_values={','.join(map(str, values))} must be positive")
+    if f.weight_decay < 0:
+        raise UsageError(f"--weight_decay={f.weight_decay} must be >= 0")
+    if f.model not in RESNETS:
+        if f.weight_decay > 0:
+            raise UsageError(f"--weight_decay={f.weight_decay}: --model={f.model} has no weight "
+                             f"decay (the ResNets have)")
+        for name in ("dropout", "units", "width"):
+            if getattr(f, name) is not None:
+                raise UsageError(f"--{name} applies to the ResNet models, not --model={f.model}")
+    if f.model != "resnet":
+        for name in ("units", "width"):
+            if getattr(f, name) is not None:
+                raise UsageError(f"--{name} applies to --model=resnet (the reduced ResNet), not "
+                                 f"--model={f.model}")
+    if f.dropout is not None and not 0.0 <= f.dropout < 1.0:
+        raise UsageError(f"--dropout={f.dropout} must be in [0, 1)")
+    if f.units is not None and f.units < 1:
+        raise UsageError(f"--units={f.units} must be >= 1")
+    if f.width is not None and f.width <= 0:
+        raise UsageError(f"--width={f.width} must be positive")
 
 
 def run_flags():
-    return {name: getattr(FLAGS, name) for name in RUN_FLAGS}
+    return {name: getattr(FLAGS, name)
+            for name in COMMON_RUN_FLAGS + TASK_RUN_FLAGS[FLAGS.task]}
 
 
 def prepare_run_dir(run_dir):
@@ -87,7 +272,9 @@ def prepare_run_dir(run_dir):
     if os.path.exists(flags_path):
         with open(flags_path) as f:
             saved = json.load(f)
-        changed = {k: (saved.get(k), v) for k, v in run_flags().items() if saved.get(k) != v}
+        # A flag a run directory does not record (written before it existed) must be unset.
+        changed = {k: (saved.get(k), v) for k, v in run_flags().items()
+                   if saved.get(k) != v and (k in saved or v is not None)}
         if changed:
             diff = ", ".join(f"--{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items())
             raise UsageError(f"{run_dir} holds a different run ({diff}); use a new --logdir")
@@ -97,52 +284,136 @@ def prepare_run_dir(run_dir):
     return flags_path
 
 
+# Flags a finetune run must share with the baseline it starts from (same split, same network).
+FINETUNE_SHARED = ("dataset", "model", "seed", "noise", "ratio", "noise_semantics", "num_clean",
+                   "clean_per_class", "num_hyper_val", "num_train_subset", "dropout", "units",
+                   "width", "weight_decay")
+
+
+def finetune_source(run_dir):
+    """The checkpoint of a finished baseline run that a finetune run starts from."""
+    import tensorflow as tf
+    flags_path = os.path.join(run_dir, "flags.json")
+    if not os.path.exists(os.path.join(run_dir, "result.json")) or not os.path.exists(flags_path):
+        raise UsageError(f"--finetune_from={run_dir} is not a finished run directory (no "
+                         f"result.json); train the baseline first")
+    with open(flags_path) as fh:
+        saved = json.load(fh)
+    if saved.get("method") != "baseline":
+        raise UsageError(f"--finetune_from={run_dir} is a --method={saved.get('method')} run; "
+                         f"finetune starts from a baseline run")
+    changed = [k for k in FINETUNE_SHARED if saved.get(k) != getattr(FLAGS, k)]
+    if changed:
+        k = changed[0]
+        raise UsageError(f"--finetune_from={run_dir} was run with --{k}={saved.get(k)!r}, this "
+                         f"run has --{k}={getattr(FLAGS, k)!r}; they must match")
+    latest = tf.train.latest_checkpoint(os.path.join(run_dir, "ckpt"))
+    if latest is None:
+        raise UsageError(f"--finetune_from={run_dir} holds no checkpoint")
+    return latest
+
+
 def build_experiment():
     """Data, model, optimizer and input pipelines from the flags."""
-    import tensorflow as tf
-    from l2rw_tf import data, models, train
+    from l2rw_tf import data, models, noise, train
     f = FLAGS
-    uses_clean = f.method in train.USES_CLEAN_SET
-    experiment = data.mnist_imbalance(
-        pos_ratio=f.pos_ratio, ntrain=f.ntrain, nval=f.nval if uses_clean else 0,
-        ntest=f.ntest, seed=f.seed, data_dir=f.data_dir)
-    if not uses_clean:  # the original baselines train on the whole budget
-        experiment.clean_images = experiment.train_images[:2]
-        experiment.clean_labels = experiment.train_labels[:2]
+    if f.task == "imbalance":
+        uses_clean = f.method in train.USES_CLEAN_SET
+        experiment = data.mnist_imbalance(
+            pos_ratio=f.pos_ratio, ntrain=f.ntrain, nval=f.nval if uses_clean else 0,
+            ntest=f.ntest, seed=f.seed, data_dir=f.data_dir)
+        if not uses_clean:  # the original baselines train on the whole budget
+            experiment.clean_images = experiment.train_images[:2]
+            experiment.clean_labels = experiment.train_labels[:2]
+        preprocess, augment = data.to_float, False
+    else:
+        experiment = data.noisy_experiment(
+            f.dataset, f.noise, f.ratio, f.noise_semantics, num_clean=f.num_clean or 0,
+            clean_per_class=f.clean_per_class, num_hyper_val=f.num_hyper_val, seed=f.seed,
+            num_train_subset=f.num_train_subset, data_dir=f.data_dir)
+        # MNIST in [0, 1] as the original MNIST code; everything else in [-1, 1] as its CIFAR.
+        preprocess = data.to_float if f.dataset == "mnist" else data.to_signed
+        augment = f.augment
+        corrupted = experiment.train_is_noisy
+        if corrupted.any():  # memorisation of the corrupted labels, on at most 1,000 of them
+            keep = min(1000, int(corrupted.sum()))
+            experiment.eval_sets["train_corrupted"] = (
+                experiment.train_images[corrupted][:keep], experiment.train_labels[corrupted][:keep])
+        clean_size = len(experiment.clean_labels)
+        if f.clean_batch_size is not None and f.clean_batch_size > clean_size:
+            raise UsageError(f"--clean_batch_size={f.clean_batch_size} exceeds the clean set "
+                             f"({clean_size} images)")
+        if f.method in train.TRAINS_ON_CLEAN_SET and f.batch_size > clean_size:
+            raise UsageError(f"--batch_size={f.batch_size} exceeds the clean set ({clean_size} "
+                             f"images) that --method={f.method} trains on")
+        if f.batch_size > len(experiment.train_labels):
+            raise UsageError(f"--batch_size={f.batch_size} exceeds the noisy training set "
+                             f"({len(experiment.train_labels)} images)")
+        if f.noise == "background":
+            experiment.info["background_weight"] = noise.background_weight(
+                experiment.num_classes, f.ratio)
     model = models.build_model(f.model, experiment.num_classes, experiment.input_shape,
-                               seed=f.seed)
-    optimizer = train.TF1Momentum(f.lr, momentum=f.momentum)
+                               seed=f.seed, weight_decay=f.weight_decay, dropout=f.dropout,
+                               units=f.units, width=f.width)
+    if f.method == "finetune":
+        lr = f.finetune_lr
+    else:
+        lr = train.learning_rate(f.lr, f.lr_boundaries, f.lr_values)
+    optimizer = train.TF1Momentum(lr, momentum=f.momentum)
+    # Noisy batches from the noisy set, or from the clean set for clean_only / finetune.
+    if f.method in train.TRAINS_ON_CLEAN_SET:
+        source = (experiment.clean_images, experiment.clean_labels, None)
+    else:
+        source = (experiment.train_images, experiment.train_labels, experiment.train_is_noisy)
+    # Augmentation seeds: distinct per stream, fixed by --seed.
+    aug_seed = (lambda k: 1000 * f.seed + k) if augment else (lambda k: None)
     if f.method == "resample":
-        train_ds = data.class_balanced_dataset(experiment.train_images, experiment.train_labels,
-                                               f.batch_size, seed=f.seed)
+        train_ds = data.class_balanced_dataset(*source[:2], f.batch_size, seed=f.seed,
+                                               preprocess=preprocess, is_noisy=source[2],
+                                               augment_seed=aug_seed(0))
     else:
         batch = f.hard_mining_pool if f.method == "hard_mining" else f.batch_size
-        train_ds = data.example_dataset(experiment.train_images, experiment.train_labels,
-                                        experiment.train_is_noisy, batch, seed=f.seed)
+        train_ds = data.example_dataset(*source, batch, seed=f.seed, preprocess=preprocess,
+                                        augment_seed=aug_seed(0))
     clean_batch = f.clean_batch_size or min(f.batch_size, len(experiment.clean_labels))
     clean_ds = data.example_dataset(experiment.clean_images, experiment.clean_labels,
-                                    batch_size=clean_batch, seed=f.seed + 1)
-    evaluate = train.make_evaluate(model, experiment.eval_sets, data.to_float)
-    del tf
+                                    batch_size=clean_batch, seed=f.seed + 1,
+                                    preprocess=preprocess, augment_seed=aug_seed(1))
+    evaluate = train.make_evaluate(model, experiment.eval_sets, preprocess,
+                                   batch_size=f.eval_batch_size)
     return experiment, model, optimizer, train_ds, clean_ds, evaluate
 
 
-def main(argv):
+def default_logdir():
+    f = FLAGS
+    if f.task == "imbalance":
+        return os.path.join("runs", f"{f.task}_{f.dataset}_{f.method}_seed{f.seed}")
+    name = f.dataset.replace(":", "_").replace("/", "_").replace(".", "")
+    return os.path.join("runs", f"{f.task}_{name}_{f.noise}_{f.method}_seed{f.seed}")
+
+
+def main(argv, stop_at_step=None):
+    """Runs the parsed flags; returns the final metrics (as written to result.json)."""
     if len(argv) > 1:
         raise UsageError(f"unexpected arguments {argv[1:]}; all options are --flags")
+    resolve_defaults()
     validate_flags()
     f = FLAGS
-    run_dir = f.logdir or os.path.join("runs", f"{f.task}_{f.dataset}_{f.method}_seed{f.seed}")
+    run_dir = f.logdir or default_logdir()
     result_path = os.path.join(run_dir, "result.json")
     flags_path = prepare_run_dir(run_dir)
     if os.path.exists(result_path):
         with open(result_path) as fh:
-            print(f"{run_dir} is complete: {fh.read()}")
-        return 0
+            text = fh.read()
+        print(f"{run_dir} is complete: {text}")
+        return json.loads(text)
 
     import keras
     import tensorflow as tf
     from l2rw_tf import data, train
+    init_fn = None
+    if f.method == "finetune":
+        source = finetune_source(f.finetune_from)
     keras.utils.set_random_seed(f.seed)
     if f.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -150,25 +421,42 @@ def main(argv):
         experiment, model, optimizer, train_ds, clean_ds, evaluate = build_experiment()
     except data.DataError as e:
         raise UsageError(str(e)) from None
+    if f.method == "finetune":
+        def init_fn():
+            tf.train.Checkpoint(model=model).restore(source).expect_partial() \
+                .assert_existing_objects_matched()
+            print(f"finetuning from {source}", flush=True)
     train.write_json(flags_path, run_flags())
     print(f"run directory {run_dir}: {experiment.info}", flush=True)
     config = train.StepConfig(method=f.method, meta_grad=f.meta_grad,
                               clean_weight_decay=f.clean_weight_decay, pos_ratio=f.pos_ratio,
-                              seed=f.seed)
+                              seed=f.seed,
+                              background_class=experiment.info.get("background_class") or 0,
+                              background_weight=experiment.info.get("background_weight", 1.0))
     final = train.train(model, optimizer, train_ds, clean_ds, evaluate, run_dir, f.num_steps,
                         config, eval_interval=f.eval_interval,
                         checkpoint_interval=f.checkpoint_interval,
-                        log=lambda msg: print(msg, flush=True))
+                        log=lambda msg: print(msg, flush=True), stop_at_step=stop_at_step,
+                        init_fn=init_fn)
     final["data"] = experiment.info
     train.write_json(result_path, final)
     print(f"final: {json.dumps(final)}", flush=True)
-    return 0
+    return final
+
+
+def run(argv, stop_at_step=None):
+    """In-process entry (tests, notebooks): parses `argv` afresh (argv[0] is the program name,
+    flagfiles included) and runs it; bad input raises UsageError or flags.Error."""
+    FLAGS.unparse_flags()
+    FLAGS(list(argv))
+    return main([argv[0]], stop_at_step=stop_at_step)
 
 
 def entry(argv=None):
     """Parses flags (flagfiles included) and runs; bad input exits 2 with a one-line error."""
     try:
-        sys.exit(main(FLAGS(sys.argv if argv is None else argv)))
+        main(FLAGS(sys.argv if argv is None else argv))
+        sys.exit(0)
     except (flags.Error, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -72,7 +72,7 @@ def lookahead_alignment(model, noisy_batch, clean_batch, include_regularization=
     """−∂l_g(θ̂(ε))/∂ε at ε = 0, by differentiating through the look-ahead step (Algorithm 1)."""
     x, y = noisy_batch
     params = current_params(model)
-    eps = tf.zeros(tf.shape(y)[:1], dtype=tf.float32)
+    eps = tf.zeros(tf.shape(y)[:1], dtype=params[0].dtype)
     with tf.GradientTape() as outer:
         outer.watch(eps)
         with tf.GradientTape() as inner:
@@ -119,3 +119,35 @@ def example_weights(model, noisy_batch, clean_batch, meta_grad="jvp",
     else:
         raise ValueError(f"unknown meta_grad {meta_grad!r}: choose one of {META_GRADIENTS}")
     return tf.stop_gradient(normalize_weights(alignment))
+
+
+def fused_l2rw_gradients(model, noisy_batch, clean_batch, include_regularization=False):
+    """The whole L2RW step's gradient with one noisy forward pass (the fast path).
+
+    The training-mode forward pass of the real step is run under a `ForwardAccumulator` along the
+    clean gradient, so the same pass yields the per-example alignments (the `jvp` identity) and,
+    once the weights are fixed, the weighted loss to differentiate. The result equals
+    `example_weights(..., "jvp")` followed by a separate weighted step: BatchNorm sees the same
+    batch statistics and dropout the same masks (Keras draws them from the seed state the real
+    pass would use).
+
+    Returns (gradients, example_weights, per_example_losses, updated_non_trainable_values); the
+    caller applies the gradients and assigns the non-trainable values (BN moving statistics).
+    """
+    x, y = noisy_batch
+    params = current_params(model)
+    direction = clean_gradient(model, params, clean_batch, include_regularization)
+    non_trainable = [v.value for v in model.non_trainable_variables]
+    with tf.GradientTape() as tape:
+        tape.watch(params)
+        with tf.autodiff.ForwardAccumulator(params, direction) as acc:
+            logits, new_non_trainable, reg_losses = model.stateless_call(
+                params, non_trainable, x, training=True, return_losses=True)
+            losses = per_example_loss(y, logits)
+        weights = tf.stop_gradient(normalize_weights(
+            acc.jvp(losses, unconnected_gradients=tf.UnconnectedGradients.ZERO)))
+        loss = tf.reduce_sum(weights * losses)
+        if reg_losses:
+            loss += tf.add_n(reg_losses)
+    grads = tape.gradient(loss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+    return grads, weights, losses, new_non_trainable

@@ -17,10 +17,21 @@ import tensorflow as tf
 
 from l2rw_tf import reweight
 
-METHODS = ("l2rw", "baseline", "ratio", "random", "resample", "hard_mining")
-# Methods that train on a clean set; the others get the clean images as extra training data,
-# as in the original code (which sets nval = 0 for its baselines).
+METHODS = ("l2rw", "baseline", "ratio", "random", "resample", "hard_mining", "clean_only",
+           "finetune", "weighted")
+# Methods of each task. Imbalance (MNIST 4 vs 9): `ratio` and `hard_mining` are binary-task
+# methods. Noisy labels (reference §3): `clean_only` trains on the clean set from scratch,
+# `finetune` continues a finished baseline on the clean set, `weighted` (BackgroundFlip only)
+# down-weights the background class.
+TASK_METHODS = {
+    "imbalance": ("l2rw", "baseline", "ratio", "random", "resample", "hard_mining"),
+    "noisy": ("l2rw", "baseline", "random", "resample", "clean_only", "finetune", "weighted"),
+}
+# Methods that train on a clean set; in the imbalance task the others get the clean images as
+# extra training data, as in the original code (which sets nval = 0 for its baselines).
 USES_CLEAN_SET = ("l2rw",)
+# Methods whose training batches come from the clean set (uniform weights).
+TRAINS_ON_CLEAN_SET = ("clean_only", "finetune")
 
 
 class TF1Momentum(keras.optimizers.Optimizer):
@@ -53,6 +64,37 @@ class StepConfig:
     clean_weight_decay: bool = True  # regularisation losses in the clean meta loss
     pos_ratio: float = 0.995         # for `ratio`
     seed: int = 0
+    background_class: int = -1       # for `weighted`: the BackgroundFlip class ...
+    background_weight: float = 1.0   # ... and its weight before normalisation
+
+
+def learning_rate(lr, boundaries=None, values=None):
+    """The learning rate of the original's fixed schedule: `lr`, then values[k] from 0-based step
+    boundaries[k] - 1 on (its scheduler sets the new rate when niter + 1 == boundary, before that
+    step). A constant when there are no boundaries.
+
+    Keras' PiecewiseConstantDecay gives values[k] once step > its boundary, and the optimizer
+    evaluates it at `iterations` = the 0-based index of the step being taken; so its boundaries
+    are ours minus 2.
+    """
+    if not boundaries:
+        return lr
+    boundaries, values = list(boundaries), list(values)
+    if len(values) != len(boundaries):
+        raise ValueError(f"need one learning rate per boundary, got {len(values)} rates for "
+                         f"{len(boundaries)} boundaries")
+    if any(b < 1 for b in boundaries) or any(a >= b for a, b in zip(boundaries, boundaries[1:])):
+        raise ValueError(f"boundaries must be strictly increasing integers >= 1, got {boundaries}")
+    return keras.optimizers.schedules.PiecewiseConstantDecay(
+        [int(b) - 2 for b in boundaries], [float(lr)] + [float(v) for v in values])
+
+
+def current_learning_rate(optimizer, steps_done):
+    """The rate the optimizer used for its last step (0-based step steps_done - 1)."""
+    lr = optimizer._learning_rate  # noqa: SLF001 -- the schedule object, not its value now
+    if callable(lr):
+        return float(lr(max(int(steps_done) - 1, 0)))
+    return float(optimizer.learning_rate)
 
 
 def hard_mining_weights(model, labels, images):
@@ -78,6 +120,35 @@ STAT_NAMES = ("steps", "loss", "mean_loss", "examples", "zero_weights", "minorit
               "noisy_weight", "noisy_count", "clean_weight", "clean_count")
 
 
+def batch_weights(model, config, rng, noisy, clean):
+    """The example weights of `config.method` for the noisy batch (a vector summing to 1 for
+    every method but `ratio`, or 0 when L2RW finds no aligned example). Runs inside the step."""
+    labels = noisy["label"]
+    n = tf.shape(labels)[0]
+    uniform = tf.fill([n], 1.0 / tf.cast(n, tf.float32))
+    if config.method == "l2rw":
+        return reweight.example_weights(
+            model, (noisy["image"], labels), (clean["image"], clean["label"]),
+            config.meta_grad, config.clean_weight_decay)
+    if config.method == "random":
+        return reweight.normalize_weights(rng.normal([n]))
+    if config.method == "ratio":
+        # The original's proportion weighting (not normalised): p for 4s, 1 − p for 9s.
+        y = tf.cast(labels, tf.float32)
+        return config.pos_ratio * (1.0 - y) + (1.0 - config.pos_ratio) * y
+    if config.method == "hard_mining":
+        return hard_mining_weights(model, labels, noisy["image"])
+    if config.method == "weighted":
+        # The original's "Weighted" BackgroundFlip baseline: examples labelled with the background
+        # class get its clean fraction as weight, the others 1, normalised to sum 1 over the batch.
+        # (The original takes the batch's most frequent label as the background class and writes
+        # 1/C as 0.1; we use the known class and 1/C, the same on CIFAR-10.)
+        is_background = tf.equal(tf.cast(labels, tf.int64), config.background_class)
+        raw = tf.where(is_background, tf.constant(config.background_weight, tf.float32), 1.0)
+        return raw / tf.reduce_sum(raw)
+    return uniform  # baseline, resample, clean_only, finetune (their data differs)
+
+
 def make_train_step(model, optimizer, config, rng):
     """A `tf.function` doing one step of `config.method`; it adds its statistics to `stats`.
 
@@ -85,29 +156,12 @@ def make_train_step(model, optimizer, config, rng):
     """
     stats = tf.Variable(tf.zeros(len(STAT_NAMES)), trainable=False, name="stats")
     trace_count = [0]
-
-    def batch_weights(noisy, clean):
-        labels = noisy["label"]
-        n = tf.shape(labels)[0]
-        uniform = tf.fill([n], 1.0 / tf.cast(n, tf.float32))
-        if config.method == "l2rw":
-            return reweight.example_weights(
-                model, (noisy["image"], labels), (clean["image"], clean["label"]),
-                config.meta_grad, config.clean_weight_decay)
-        if config.method == "random":
-            return reweight.normalize_weights(rng.normal([n]))
-        if config.method == "ratio":
-            # The original's proportion weighting (not normalised): p for 4s, 1 − p for 9s.
-            y = tf.cast(labels, tf.float32)
-            return config.pos_ratio * (1.0 - y) + (1.0 - config.pos_ratio) * y
-        if config.method == "hard_mining":
-            return hard_mining_weights(model, labels, noisy["image"])
-        return uniform  # baseline, resample (balanced batches come from the data)
+    optimizer.build(model.trainable_variables)  # variables created in a trace would retrace
 
     @tf.function
     def train_step(noisy, clean):
         trace_count[0] += 1
-        weights = tf.stop_gradient(batch_weights(noisy, clean))
+        weights = tf.stop_gradient(batch_weights(model, config, rng, noisy, clean))
         with tf.GradientTape() as tape:
             logits = model(noisy["image"], training=True)
             losses = reweight.per_example_loss(noisy["label"], logits)
@@ -158,6 +212,8 @@ def make_evaluate(model, eval_sets, preprocess, batch_size=1000):
     def evaluate():
         result = {}
         for name, (images, labels) in eval_sets.items():
+            if not len(labels):
+                continue
             correct = 0
             for start in range(0, len(labels), batch_size):
                 batch = images[start:start + batch_size]
@@ -201,21 +257,29 @@ def write_json(path, obj):
 
 
 def train(model, optimizer, train_ds, clean_ds, evaluate, run_dir, num_steps, config,
-          eval_interval=100, checkpoint_interval=500, log=print, stop_at_step=None):
+          eval_interval=100, checkpoint_interval=500, log=print, stop_at_step=None,
+          init_fn=None):
     """Trains for `num_steps` (resuming from `run_dir/ckpt` if there is one) and returns the
-    final metrics row. `stop_at_step` simulates a crash just after that step (tests)."""
+    final metrics row. `stop_at_step` simulates a crash just after that step (tests).
+    `init_fn()` runs when there is nothing to resume (e.g. `finetune` loads its baseline)."""
     os.makedirs(run_dir, exist_ok=True)
     step = tf.Variable(0, dtype=tf.int64, name="step")
     rng = tf.random.Generator.from_seed(config.seed)
     train_iter, clean_iter = iter(train_ds), iter(clean_ds)
     train_step, stats, trace_count = make_train_step(model, optimizer, config, rng)
-    optimizer.build(model.trainable_variables)
+    # Keras does not checkpoint the state of its seed generators (dropout): saved here, so a
+    # resumed run draws the same masks. Only when there are any, so older checkpoints still load.
+    seed_states = [v.value for v in model.non_trainable_variables if "seed_generator" in v.path]
+    extra = {"seed_states": seed_states} if seed_states else {}
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, rng=rng,
-                                     stats=stats, train_iter=train_iter, clean_iter=clean_iter)
+                                     stats=stats, train_iter=train_iter, clean_iter=clean_iter,
+                                     **extra)
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(run_dir, "ckpt"), max_to_keep=2)
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_consumed()
         log(f"resumed from {manager.latest_checkpoint} at step {int(step)}")
+    elif init_fn is not None:
+        init_fn()
     metrics = MetricsLog(run_dir, int(step))
 
     start_time, start_step, row = time.time(), int(step), None
@@ -224,7 +288,7 @@ def train(model, optimizer, train_ds, clean_ds, evaluate, run_dir, num_steps, co
         step.assign_add(1)
         current = int(step)
         if current % eval_interval == 0 or current == num_steps:
-            row = {"step": current, "lr": float(optimizer.learning_rate),
+            row = {"step": current, "lr": current_learning_rate(optimizer, current),
                    **summarize(stats.numpy()), **evaluate()}
             stats.assign(tf.zeros_like(stats))
             metrics.write(row)

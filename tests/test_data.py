@@ -1,0 +1,72 @@
+"""MNIST class-imbalance construction: exact counts, disjoint splits, determinism; pipelines."""
+import numpy as np
+import pytest
+
+from l2rw_tf import data
+
+
+@pytest.fixture(scope="module")
+def mnist_arrays():
+    return data.load_tfds("mnist", "train"), data.load_tfds("mnist", "test")
+
+
+@pytest.mark.parametrize("pos_ratio,fours,nines", [
+    (0.9, 495, 4495), (0.95, 245, 4745), (0.98, 95, 4895), (0.99, 45, 4945), (0.995, 20, 4970)])
+def test_exact_class_counts(mnist_arrays, pos_ratio, fours, nines):
+    d = data.mnist_imbalance(pos_ratio, ntrain=5000, nval=10, ntest=500, seed=0,
+                             arrays=mnist_arrays)
+    assert np.bincount(d.train_labels, minlength=2).tolist() == [fours, nines]
+    assert np.bincount(d.clean_labels, minlength=2).tolist() == [5, 5]
+    assert np.bincount(d.eval_sets["test"][1], minlength=2).tolist() == [250, 250]
+    # Labels are what the source says: 4 -> 0, 9 -> 1.
+    source_digits = mnist_arrays[0][1][d.train_source]
+    np.testing.assert_array_equal(source_digits, np.where(d.train_labels == 0, 4, 9))
+
+
+def test_clean_set_is_disjoint_from_training(mnist_arrays):
+    d = data.mnist_imbalance(0.99, seed=3, arrays=mnist_arrays)
+    assert not set(d.train_source) & set(d.clean_source)
+    assert len(set(d.train_source)) == len(d.train_source)  # no duplicates either
+    np.testing.assert_array_equal(d.clean_images, mnist_arrays[0][0][d.clean_source])
+
+
+def test_deterministic_by_seed(mnist_arrays):
+    a = data.mnist_imbalance(0.995, seed=7, arrays=mnist_arrays)
+    b = data.mnist_imbalance(0.995, seed=7, arrays=mnist_arrays)
+    c = data.mnist_imbalance(0.995, seed=8, arrays=mnist_arrays)
+    np.testing.assert_array_equal(a.train_source, b.train_source)
+    np.testing.assert_array_equal(a.eval_sets["test"][0], b.eval_sets["test"][0])
+    assert not np.array_equal(a.train_source, c.train_source)
+
+
+def test_no_clean_set_gives_the_whole_budget_to_training(mnist_arrays):
+    d = data.mnist_imbalance(0.995, nval=0, arrays=mnist_arrays)
+    assert np.bincount(d.train_labels).tolist() == [25, 4975]
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"pos_ratio": 1.0}, "pos_ratio"), ({"nval": 3}, "nval"), ({"ntest": 7}, "ntest"),
+    ({"nval": 60}, "minority"), ({"ntrain": 500000, "pos_ratio": 0.5}, "only")])
+def test_impossible_requests_raise(mnist_arrays, kwargs, message):
+    with pytest.raises(data.DataError, match=message):
+        data.mnist_imbalance(**kwargs, arrays=mnist_arrays)
+
+
+def test_example_dataset_epochs_cover_every_index():
+    labels = np.arange(10) % 2
+    images = np.arange(10, dtype=np.uint8).reshape(10, 1, 1, 1)
+    ds = data.example_dataset(images, labels, batch_size=5, seed=0)
+    batches = list(ds.take(4).as_numpy_iterator())
+    for epoch in (batches[:2], batches[2:]):  # shuffled anew each epoch, each index once
+        index = np.concatenate([b["index"] for b in epoch])
+        assert sorted(index) == list(range(10))
+    np.testing.assert_allclose(batches[0]["image"].ravel(), batches[0]["index"] / 255.0)
+    assert batches[0]["image"].dtype == np.float32
+
+
+def test_class_balanced_dataset_is_balanced():
+    labels = np.array([0] * 5 + [1] * 995)
+    images = np.zeros((1000, 1, 1, 1), np.uint8)
+    ds = data.class_balanced_dataset(images, labels, batch_size=100, seed=0)
+    mean = np.mean([b["label"].mean() for b in ds.take(20).as_numpy_iterator()])
+    assert 0.4 < mean < 0.6
