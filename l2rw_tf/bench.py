@@ -70,6 +70,9 @@ def bench_model(model_name, n, clean_sizes, meta_grads, rounds, steps):
         variants = {"baseline": train.StepConfig(method="baseline")}
         variants.update({f"l2rw_{g}": train.StepConfig(method="l2rw", meta_grad=g)
                          for g in meta_grads})
+        if "jvp" in meta_grads:  # the JVP in a pass of its own, before the weighted step
+            variants["l2rw_jvp_unfused"] = train.StepConfig(method="l2rw", meta_grad="jvp",
+                                                            fused=False)
         step_fns = {name: train.make_train_step(model, train.TF1Momentum(1e-3), cfg, rng)[0]
                     for name, cfg in variants.items()}
         ms = time_variants(step_fns, noisy, clean, rounds, steps)

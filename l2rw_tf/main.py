@@ -384,6 +384,18 @@ def build_experiment():
     return experiment, model, optimizer, train_ds, clean_ds, evaluate
 
 
+def training_examples(experiment):
+    """(labels, true labels, is_noisy) of the examples the noisy batches index into, for the
+    per-example weight export; None when the batches come from the clean set."""
+    from l2rw_tf import train
+    if FLAGS.method in train.TRAINS_ON_CLEAN_SET:
+        return None
+    labels = experiment.train_labels
+    true_labels = (experiment.train_clean_labels if experiment.train_clean_labels is not None
+                   else labels)
+    return labels, true_labels, experiment.train_is_noisy
+
+
 def default_logdir():
     f = FLAGS
     if f.task == "imbalance":
@@ -437,7 +449,7 @@ def main(argv, stop_at_step=None):
                         config, eval_interval=f.eval_interval,
                         checkpoint_interval=f.checkpoint_interval,
                         log=lambda msg: print(msg, flush=True), stop_at_step=stop_at_step,
-                        init_fn=init_fn)
+                        init_fn=init_fn, examples=training_examples(experiment))
     final["data"] = experiment.info
     train.write_json(result_path, final)
     print(f"final: {json.dumps(final)}", flush=True)

@@ -131,8 +131,9 @@ def fused_l2rw_gradients(model, noisy_batch, clean_batch, include_regularization
     batch statistics and dropout the same masks (Keras draws them from the seed state the real
     pass would use).
 
-    Returns (gradients, example_weights, per_example_losses, updated_non_trainable_values); the
-    caller applies the gradients and assigns the non-trainable values (BN moving statistics).
+    Returns (gradients, example_weights, per_example_losses, weighted_loss,
+    updated_non_trainable_values); the caller applies the gradients and assigns the non-trainable
+    values (BN moving statistics, dropout seed state).
     """
     x, y = noisy_batch
     params = current_params(model)
@@ -150,4 +151,4 @@ def fused_l2rw_gradients(model, noisy_batch, clean_batch, include_regularization
         if reg_losses:
             loss += tf.add_n(reg_losses)
     grads = tape.gradient(loss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    return grads, weights, losses, new_non_trainable
+    return grads, weights, losses, loss, new_non_trainable

@@ -66,6 +66,7 @@ class StepConfig:
     seed: int = 0
     background_class: int = -1       # for `weighted`: the BackgroundFlip class ...
     background_weight: float = 1.0   # ... and its weight before normalisation
+    fused: bool = True               # l2rw/jvp: one noisy forward pass for weights and step
 
 
 def learning_rate(lr, boundaries=None, values=None):
@@ -149,39 +150,76 @@ def batch_weights(model, config, rng, noisy, clean):
     return uniform  # baseline, resample, clean_only, finetune (their data differs)
 
 
-def make_train_step(model, optimizer, config, rng):
+def weighted_step_gradients(model, config, rng, noisy, clean):
+    """(gradients, example weights, per-example losses, total loss) of one step of
+    `config.method`. The real step's forward pass updates BatchNorm moving statistics."""
+    if config.method == "l2rw" and config.meta_grad == "jvp" and config.fused:
+        # One noisy forward pass serves both the JVP (the weights) and the weighted step.
+        grads, weights, losses, loss, new_non_trainable = reweight.fused_l2rw_gradients(
+            model, (noisy["image"], noisy["label"]), (clean["image"], clean["label"]),
+            config.clean_weight_decay)
+        for variable, value in zip(model.non_trainable_variables, new_non_trainable):
+            variable.assign(value)
+        return grads, weights, losses, loss
+    weights = tf.stop_gradient(batch_weights(model, config, rng, noisy, clean))
+    with tf.GradientTape() as tape:
+        logits = model(noisy["image"], training=True)
+        losses = reweight.per_example_loss(noisy["label"], logits)
+        loss = tf.reduce_sum(weights * losses)
+        if model.losses:
+            loss += tf.add_n(model.losses)
+    return tape.gradient(loss, model.trainable_variables), weights, losses, loss
+
+
+def make_train_step(model, optimizer, config, rng, num_examples=0):
     """A `tf.function` doing one step of `config.method`; it adds its statistics to `stats`.
 
-    Returns (train_step, stats, trace_count) where `trace_count[0]` counts Python traces.
+    With `num_examples` > 0 (the size of the training set the batches index into), it also
+    accumulates per-example weight statistics in `example_stats` [num_examples, 3]: times seen,
+    sum of w_i·n (weight relative to uniform) and times at weight zero (see `example_table`).
+
+    Returns (train_step, stats, example_stats, trace_count) where `trace_count[0]` counts traces.
     """
     stats = tf.Variable(tf.zeros(len(STAT_NAMES)), trainable=False, name="stats")
+    example_stats = tf.Variable(tf.zeros([max(int(num_examples), 0), 3]), trainable=False,
+                                name="example_stats")
     trace_count = [0]
     optimizer.build(model.trainable_variables)  # variables created in a trace would retrace
 
     @tf.function
     def train_step(noisy, clean):
         trace_count[0] += 1
-        weights = tf.stop_gradient(batch_weights(model, config, rng, noisy, clean))
-        with tf.GradientTape() as tape:
-            logits = model(noisy["image"], training=True)
-            losses = reweight.per_example_loss(noisy["label"], logits)
-            loss = tf.reduce_sum(weights * losses)
-            if model.losses:
-                loss += tf.add_n(model.losses)
-        grads = tape.gradient(loss, model.trainable_variables)
+        grads, weights, losses, loss = weighted_step_gradients(model, config, rng, noisy, clean)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
 
         n = tf.cast(tf.size(weights), tf.float32)
+        is_zero = tf.cast(tf.equal(weights, 0.0), tf.float32)
         noisy_mask = tf.cast(noisy["is_noisy"], tf.float32)
         minority = tf.cast(tf.equal(noisy["label"], 0), tf.float32)
         stats.assign_add(tf.stack([
-            1.0, loss, tf.reduce_mean(losses), n,
-            tf.reduce_sum(tf.cast(tf.equal(weights, 0.0), tf.float32)),
+            1.0, loss, tf.reduce_mean(losses), n, tf.reduce_sum(is_zero),
             tf.reduce_sum(weights * minority),
             tf.reduce_sum(weights * noisy_mask) * n, tf.reduce_sum(noisy_mask),
             tf.reduce_sum(weights * (1.0 - noisy_mask)) * n, tf.reduce_sum(1.0 - noisy_mask)]))
+        if num_examples:
+            example_stats.scatter_nd_add(
+                tf.reshape(tf.cast(noisy["index"], tf.int64), [-1, 1]),
+                tf.stack([tf.ones_like(weights), weights * n, is_zero], axis=1))
 
-    return train_step, stats, trace_count
+    return train_step, stats, example_stats, trace_count
+
+
+def example_table(example_stats, labels, true_labels, is_noisy):
+    """Per-example weight statistics of a run, as rows for `example_weights.csv`: index, given
+    label, true label, corrupted flag, times seen, mean weight relative to uniform (1.0 = 1/n)
+    over the steps it was in a batch, and the fraction of those steps at weight zero."""
+    seen, weight_sum, zeros = np.asarray(example_stats, np.float64).T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_weight, zero_fraction = weight_sum / seen, zeros / seen
+    return [{"index": i, "label": int(labels[i]), "true_label": int(true_labels[i]),
+             "is_noisy": int(is_noisy[i]), "times_seen": int(seen[i]),
+             "mean_weight": float(mean_weight[i]), "zero_fraction": float(zero_fraction[i])}
+            for i in range(len(labels))]
 
 
 def summarize(stat_sums):
@@ -238,16 +276,21 @@ class MetricsLog:
 
     def write(self, row):
         self.rows.append(row)
-        with open(self.path + ".tmp", "w", newline="") as f:
-            out = csv.DictWriter(f, fieldnames=list(row))
-            out.writeheader()
-            out.writerows(self.rows)
-        os.replace(self.path + ".tmp", self.path)  # never a half-written CSV
+        write_csv(self.path, self.rows)  # atomic: never a half-written CSV
         with self.writer.as_default(step=int(row["step"])):
             for key, value in row.items():
                 if key != "step":
                     tf.summary.scalar(key, float(value))
         self.writer.flush()
+
+
+def write_csv(path, rows):
+    """Rows (dicts) to a CSV, atomically."""
+    with open(path + ".tmp", "w", newline="") as f:
+        out = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
+        out.writeheader()
+        out.writerows(rows)
+    os.replace(path + ".tmp", path)
 
 
 def write_json(path, obj):
@@ -258,22 +301,26 @@ def write_json(path, obj):
 
 def train(model, optimizer, train_ds, clean_ds, evaluate, run_dir, num_steps, config,
           eval_interval=100, checkpoint_interval=500, log=print, stop_at_step=None,
-          init_fn=None):
+          init_fn=None, examples=None):
     """Trains for `num_steps` (resuming from `run_dir/ckpt` if there is one) and returns the
     final metrics row. `stop_at_step` simulates a crash just after that step (tests).
-    `init_fn()` runs when there is nothing to resume (e.g. `finetune` loads its baseline)."""
+    `init_fn()` runs when there is nothing to resume (e.g. `finetune` loads its baseline).
+    `examples` = (labels, true labels, is_noisy) of the training set the batches index into:
+    per-example weight statistics are then kept and written to `example_weights.csv`."""
     os.makedirs(run_dir, exist_ok=True)
     step = tf.Variable(0, dtype=tf.int64, name="step")
     rng = tf.random.Generator.from_seed(config.seed)
     train_iter, clean_iter = iter(train_ds), iter(clean_ds)
-    train_step, stats, trace_count = make_train_step(model, optimizer, config, rng)
+    num_examples = 0 if examples is None else len(examples[0])
+    train_step, stats, example_stats, trace_count = make_train_step(
+        model, optimizer, config, rng, num_examples)
     # Keras does not checkpoint the state of its seed generators (dropout): saved here, so a
     # resumed run draws the same masks. Only when there are any, so older checkpoints still load.
     seed_states = [v.value for v in model.non_trainable_variables if "seed_generator" in v.path]
     extra = {"seed_states": seed_states} if seed_states else {}
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, rng=rng,
-                                     stats=stats, train_iter=train_iter, clean_iter=clean_iter,
-                                     **extra)
+                                     stats=stats, example_stats=example_stats,
+                                     train_iter=train_iter, clean_iter=clean_iter, **extra)
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(run_dir, "ckpt"), max_to_keep=2)
     if manager.latest_checkpoint:
         checkpoint.restore(manager.latest_checkpoint).assert_consumed()
@@ -302,6 +349,9 @@ def train(model, optimizer, train_ds, clean_ds, evaluate, run_dir, num_steps, co
             raise KeyboardInterrupt(f"simulated crash after step {current}")
     if row is None:  # already finished before this call
         row = metrics.rows[-1] if metrics.rows else {"step": int(step), **evaluate()}
+    if examples is not None:
+        write_csv(os.path.join(run_dir, "example_weights.csv"),
+                  example_table(example_stats.numpy(), *examples))
     row = {k: float(v) for k, v in row.items()}
     row["step"] = int(row["step"])
     row["train_seconds"] = time.time() - start_time

@@ -274,7 +274,7 @@ def test_weighted_method_downweights_the_background_class():
 @pytest.mark.parametrize("method", ["weighted", "clean_only", "finetune", "l2rw"])
 def test_new_methods_trace_once(method):
     model = lenet(10, seed=0)
-    step, stats, traces = train.make_train_step(
+    step, stats, _, traces = train.make_train_step(
         model, train.TF1Momentum(train.learning_rate(0.1, [2], [0.01])),
         train.StepConfig(method=method, background_class=3, background_weight=0.2),
         tf.random.Generator.from_seed(0))

@@ -191,7 +191,7 @@ def test_clean_regularization_is_in_the_meta_loss():
 def test_train_step_traces_once(method):
     model = lenet(1, seed=0)
     optimizer = train.TF1Momentum(1e-3)
-    step, stats, traces = train.make_train_step(
+    step, stats, _, traces = train.make_train_step(
         model, optimizer, train.StepConfig(method=method), tf.random.Generator.from_seed(0))
     for seed in range(4):
         (x, y), (xc, yc) = batches(n=8, m=4, seed=seed)
@@ -211,3 +211,48 @@ def test_tf1_momentum_matches_its_formula():
         acc = 0.9 * acc + np.array(g)
         theta = theta - lr * acc
         np.testing.assert_allclose(var.numpy(), theta, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_fused_step_equals_separate_weights_then_step(dropout):
+    """The fused L2RW step (one noisy forward pass for the JVP and the weighted step) lands on the
+    same parameters and BN moving statistics as `example_weights` followed by a weighted step."""
+    results = []
+    for fused in (True, False):
+        keras.utils.set_random_seed(0)
+        model = small_bn_model(dropout=dropout, weight_decay=1e-2)
+        step, stats, _, _ = train.make_train_step(
+            model, train.TF1Momentum(0.1), train.StepConfig(method="l2rw", fused=fused),
+            tf.random.Generator.from_seed(0))
+        for seed in range(3):
+            (x, y), (xc, yc) = batches(n=16, m=6, shape=(8, 8, 2), classes=3, seed=seed)
+            step({"image": x, "label": y, "is_noisy": tf.zeros([16], tf.bool),
+                  "index": tf.range(16)}, {"image": xc, "label": yc})
+        results.append(([v.numpy() for v in model.variables], stats.numpy()))
+    (fused_vars, fused_stats), (plain_vars, plain_stats) = results
+    moved = [np.max(np.abs(a - b)) for a, b in zip(fused_vars, plain_vars)]
+    assert max(moved) <= 1e-5, moved
+    np.testing.assert_allclose(fused_stats, plain_stats, rtol=1e-5, atol=1e-6)
+    assert fused_stats[4] < fused_stats[3]  # some weights non-zero: the steps did something
+
+
+def test_per_example_weight_statistics():
+    """example_stats counts appearances, sums w_i·n and zeros per training-set index."""
+    model = lenet(1, seed=0)
+    step, _, example_stats, _ = train.make_train_step(
+        model, train.TF1Momentum(1e-3), train.StepConfig(method="ratio", pos_ratio=0.75),
+        tf.random.Generator.from_seed(0), num_examples=6)
+    (x, _), (xc, yc) = batches(n=4, m=2)
+    for index, label in (([0, 1, 2, 3], [0, 1, 1, 1]), ([2, 3, 4, 0], [1, 1, 0, 0])):
+        step({"image": x, "label": tf.constant(label), "is_noisy": tf.zeros([4], tf.bool),
+              "index": tf.constant(index)}, {"image": xc, "label": yc})
+    # ratio weights: 0.75 for label 0, 0.25 for label 1; times n = 4 -> 3 and 1.
+    seen, weight_sum, zeros = example_stats.numpy().T
+    np.testing.assert_allclose(seen, [2, 1, 2, 2, 1, 0])
+    np.testing.assert_allclose(weight_sum, [6, 1, 2, 2, 3, 0])
+    np.testing.assert_allclose(zeros, 0)
+    rows = train.example_table(example_stats.numpy(), np.array([0, 1, 1, 1, 0, 1]),
+                               np.array([0, 1, 0, 1, 0, 1]), np.array([0, 0, 1, 0, 0, 0], bool))
+    assert rows[2] == {"index": 2, "label": 1, "true_label": 0, "is_noisy": 1, "times_seen": 2,
+                       "mean_weight": 1.0, "zero_fraction": 0.0}
+    assert rows[0]["mean_weight"] == 3.0 and np.isnan(rows[5]["mean_weight"])
