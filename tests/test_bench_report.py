@@ -1,0 +1,41 @@
+"""The benchmark's machinery (not its timings) and the run report."""
+import json
+
+import pytest
+
+from l2rw_tf import bench, report
+
+
+def test_bench_rows_have_every_variant_and_agreeing_weights():
+    rows = bench.bench_model("lenet", 8, [4], ["lookahead", "jvp"], rounds=1, steps=1)
+    (row,) = rows
+    assert set(row["ms_per_step"]) == {"baseline", "l2rw_lookahead", "l2rw_jvp",
+                                       "l2rw_jvp_unfused"}
+    assert all(ms > 0 for ms in row["ms_per_step"].values())
+    assert row["ratio_to_baseline"]["baseline"] == 1.0
+    assert max(row["weights_relative_error"].values()) <= 1e-4
+    table = bench.format_table(rows)
+    assert "lenet" in table and "l2rw_jvp_unfused" in table
+
+
+def write_run(root, name, flags, result):
+    run = root / name
+    run.mkdir(parents=True)
+    (run / "flags.json").write_text(json.dumps(flags))
+    (run / "result.json").write_text(json.dumps(result))
+
+
+def test_report_groups_seeds_and_averages(tmp_path):
+    for seed, acc in ((0, 0.9), (1, 0.8)):
+        write_run(tmp_path / "runs", f"l2rw_{seed}", {"method": "l2rw", "seed": seed},
+                  {"test_accuracy": acc, "train_seconds": 10.0})
+    write_run(tmp_path / "runs", "baseline_0", {"method": "baseline", "seed": 0},
+              {"test_accuracy": 0.5, "train_seconds": 5.0})
+    assert report.main(["report", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    rows = {r["method"]: r for r in report.summarize(report.load_runs([str(tmp_path / "runs")]))}
+    assert rows["l2rw"]["test_accuracy_mean"] == pytest.approx(0.85)
+    assert rows["l2rw"]["test_accuracy_std"] == pytest.approx(0.05)
+    assert rows["baseline"]["seeds"] == "0"
+    table = (tmp_path / "out" / "summary.md").read_text()
+    assert "85.00 ± 5.00" in table and "90.0, 80.0" in table
+    assert report.main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
