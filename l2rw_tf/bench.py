@@ -1,35 +1,55 @@
-"""Speed of the L2RW step against the baseline step, in one process.
+"""Speed and memory of the L2RW step against the baseline step, in one process.
 
-    python -m l2rw_tf.bench                      # LeNet, n = 100, m in {10, 100}
-    python -m l2rw_tf.bench --quick              # a smoke test
+    python -m l2rw_tf.bench                                  # every model, n = 100, m in {10, 100}
+    python -m l2rw_tf.bench --models=lenet --nomemory        # LeNet timings only
+    python -m l2rw_tf.bench --quick                          # a smoke test
     python -m l2rw_tf.bench --output=results/bench/bench.json
 
-Every step variant trains the same model on fixed random batches (no input pipeline), and the
-variants are timed interleaved, round after round, so that machine load affects them alike; the
-figure is the median over rounds of the mean ms/step within a round. The weights of the
-meta-gradient methods on one batch are compared too (relative error, float32).
+Time: every step variant trains its own copy of the model on fixed random batches (no input
+pipeline), and the variants are timed interleaved, round after round, so that machine load affects
+them alike; the figure is the median over rounds of the mean ms/step within a round.
+
+Memory: each variant runs alone in a fresh subprocess. The step is traced first (no execution),
+the peak-RSS mark is reset (Linux /proc/self/clear_refs), then a few steps run; the step's memory
+is the peak RSS during those steps minus the RSS before them (model, optimizer state and the TF
+runtime are in both). Peak RSS itself is reported too.
+
+Agreement: the weights of every meta-gradient method on one batch, relative error against the
+first (float32).
 """
 import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 
 from absl import app, flags
 
-flags.DEFINE_list("models", ["lenet"], "Models to time (names of l2rw_tf.models.build_model).")
+flags.DEFINE_list("models", ["lenet", "mlp", "resnet32", "wrn28_2"],
+                  "Models to benchmark (see BENCH_MODELS).")
 flags.DEFINE_integer("batch_size", 100, "Noisy batch size n.")
 flags.DEFINE_list("clean_batch_sizes", ["10", "100"], "Clean batch sizes m.")
-flags.DEFINE_list("meta_grads", ["lookahead", "jvp"], "Meta-gradient methods to time.")
+flags.DEFINE_list("meta_grads", ["lookahead", "jvp"], "Meta-gradient methods to time (jvp also "
+                  "adds l2rw_jvp_unfused: the JVP in a pass of its own).")
 flags.DEFINE_integer("rounds", 15, "Timing rounds (the median is reported).")
-flags.DEFINE_integer("steps", 20, "Steps per variant per round.")
-flags.DEFINE_bool("quick", False, "Few rounds and steps: checks that everything runs.")
+flags.DEFINE_integer("steps", 10, "Steps per variant per round.")
+flags.DEFINE_bool("memory", True, "Measure peak memory of every variant (one subprocess each).")
+flags.DEFINE_bool("quick", False, "LeNet only, few rounds and steps: checks that everything runs.")
 flags.DEFINE_string("output", None, "Write the results as JSON here.")
+flags.DEFINE_string("probe", None, "Internal: MODEL,M,VARIANT: print the memory of one variant.")
 FLAGS = flags.FLAGS
 
-# name -> (input shape, classes) of the task each model is benchmarked on.
-MODEL_TASKS = {"lenet": ((28, 28, 1), 2), "resnet32": ((32, 32, 3), 10),
-               "resnet": ((32, 32, 3), 10), "wrn28_10": ((32, 32, 3), 10)}
+# name -> (builder name, builder kwargs, input shape, classes). wrn28_2 is WRN-28 at width 2
+# (the WRN-28-10 structure with 32/64/128 filters): WRN-28-10 itself takes seconds per step here.
+BENCH_MODELS = {
+    "lenet": ("lenet", {}, (28, 28, 1), 2),
+    "mlp": ("mlp", {}, (28, 28, 1), 10),
+    "resnet32": ("resnet32", {}, (32, 32, 3), 10),
+    "wrn28_2": ("resnet", {"units": 4, "width": 2.0, "dropout": 0.3}, (32, 32, 3), 10),
+    "wrn28_10": ("wrn28_10", {}, (32, 32, 3), 10),
+}
 
 
 def random_batch(n, shape, classes, seed):
@@ -38,13 +58,41 @@ def random_batch(n, shape, classes, seed):
     rng = np.random.default_rng(seed)
     return {"image": tf.constant(rng.random((n, *shape), dtype=np.float32)),
             "label": tf.constant(rng.integers(0, classes, n)),
-            "is_noisy": tf.zeros([n], tf.bool)}
+            "is_noisy": tf.zeros([n], tf.bool), "index": tf.range(n)}
+
+
+def step_configs(meta_grads):
+    """The step variants: the baseline and L2RW with each meta-gradient method."""
+    from l2rw_tf import train
+    variants = {"baseline": train.StepConfig(method="baseline")}
+    for g in meta_grads:
+        variants[f"l2rw_{g}"] = train.StepConfig(method="l2rw", meta_grad=g)
+    if "jvp" in meta_grads:  # the JVP in a pass of its own, before the weighted step
+        variants["l2rw_jvp_unfused"] = train.StepConfig(method="l2rw", meta_grad="jvp",
+                                                        fused=False)
+    return variants
+
+
+def build(model_name, n, m):
+    """(fresh model factory, noisy batch, clean batch) of a benchmark model."""
+    from l2rw_tf import models
+    builder, kwargs, shape, classes = BENCH_MODELS[model_name]
+    make = lambda: models.build_model(builder, classes, shape, seed=0, **kwargs)  # noqa: E731
+    return make, random_batch(n, shape, classes, 1), random_batch(m, shape, classes, 2)
+
+
+def make_step(make_model, config):
+    import tensorflow as tf
+    from l2rw_tf import train
+    model = make_model()
+    return model, train.make_train_step(model, train.TF1Momentum(1e-3), config,
+                                        tf.random.Generator.from_seed(0))[0]
 
 
 def time_variants(steps_by_name, noisy, clean, rounds, steps):
     """Median over rounds of ms/step for each variant, timed interleaved."""
     samples = {name: [] for name in steps_by_name}
-    for name, step in steps_by_name.items():  # warm-up: trace and run a few steps
+    for step in steps_by_name.values():  # warm-up: trace and run a few steps
         for _ in range(3):
             step(noisy, clean)
     for _ in range(rounds):
@@ -56,45 +104,86 @@ def time_variants(steps_by_name, noisy, clean, rounds, steps):
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
-def bench_model(model_name, n, clean_sizes, meta_grads, rounds, steps):
+def weight_agreement(make_model, noisy, clean, meta_grads):
+    """Max relative difference of each method's weights from the first method's."""
     import numpy as np
-    import tensorflow as tf
-    from l2rw_tf import models, reweight, train
-    shape, classes = MODEL_TASKS.get(model_name, ((32, 32, 3), 10))
+    from l2rw_tf import reweight
+    model = make_model()
+    weights = {g: reweight.example_weights(model, (noisy["image"], noisy["label"]),
+                                           (clean["image"], clean["label"]), g).numpy()
+               for g in meta_grads}
+    reference = weights[meta_grads[0]]
+    scale = max(float(np.max(np.abs(reference))), 1e-30)
+    return {g: float(np.max(np.abs(w - reference))) / scale for g, w in weights.items()}
+
+
+def _rss_mb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def memory_probe(model_name, n, m, variant, steps=5):
+    """Peak RSS of `steps` steps of one variant, in this (fresh) process."""
+    make_model, noisy, clean = build(model_name, n, m)
+    _, step = make_step(make_model, step_configs(["lookahead", "jvp"])[variant])
+    step.get_concrete_function(noisy, clean)  # trace only
+    try:  # reset the peak-RSS mark to the current RSS (Linux >= 4.0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        reset = True
+    except OSError:
+        reset = False
+    rest = _rss_mb("VmRSS")
+    for _ in range(steps):
+        step(noisy, clean)
+    peak = _rss_mb("VmHWM")
+    return {"rest_mb": rest, "peak_mb": peak, "step_mb": peak - rest, "peak_reset": reset}
+
+
+def measure_memory(model_name, n, m, variants):
+    """memory_probe of every variant, each in a subprocess of its own."""
+    result = {}
+    for variant in variants:
+        out = subprocess.run(
+            [sys.executable, "-m", "l2rw_tf.bench", f"--probe={model_name},{m},{variant}",
+             f"--batch_size={n}"], capture_output=True, text=True, check=True,
+            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+        result[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def bench_model(model_name, n, clean_sizes, meta_grads, rounds, steps, memory=False):
     rows = []
     for m in clean_sizes:
-        model = models.build_model(model_name, classes, shape, seed=0)
-        noisy = random_batch(n, shape, classes, seed=1)
-        clean = random_batch(m, shape, classes, seed=2)
-        rng = tf.random.Generator.from_seed(0)
-        variants = {"baseline": train.StepConfig(method="baseline")}
-        variants.update({f"l2rw_{g}": train.StepConfig(method="l2rw", meta_grad=g)
-                         for g in meta_grads})
-        if "jvp" in meta_grads:  # the JVP in a pass of its own, before the weighted step
-            variants["l2rw_jvp_unfused"] = train.StepConfig(method="l2rw", meta_grad="jvp",
-                                                            fused=False)
-        step_fns = {name: train.make_train_step(model, train.TF1Momentum(1e-3), cfg, rng)[0]
-                    for name, cfg in variants.items()}
+        make_model, noisy, clean = build(model_name, n, m)
+        variants = step_configs(meta_grads)
+        step_fns = {name: make_step(make_model, config)[1] for name, config in variants.items()}
         ms = time_variants(step_fns, noisy, clean, rounds, steps)
-
-        weights = {g: reweight.example_weights(
-            model, (noisy["image"], noisy["label"]), (clean["image"], clean["label"]), g).numpy()
-            for g in meta_grads}
-        reference = weights[meta_grads[0]]
-        agreement = {g: float(np.max(np.abs(w - reference)) / max(np.max(np.abs(reference)),
-                                                                   1e-30))
-                     for g, w in weights.items()}
-        rows.append({"model": model_name, "n": n, "m": m,
-                     "ms_per_step": ms,
-                     "ratio_to_baseline": {k: v / ms["baseline"] for k, v in ms.items()},
-                     "weights_relative_error": agreement})
+        row = {"model": model_name, "n": n, "m": m, "ms_per_step": ms,
+               "ratio_to_baseline": {k: v / ms["baseline"] for k, v in ms.items()},
+               "weights_relative_error": weight_agreement(make_model, noisy, clean, meta_grads)}
+        if memory:
+            mem = measure_memory(model_name, n, m, variants)
+            row["memory"] = mem
+            row["step_memory_ratio"] = {k: v["step_mb"] / mem["baseline"]["step_mb"]
+                                        for k, v in mem.items()}
+        rows.append(row)
     return rows
 
 
 def machine():
     import tensorflow as tf
-    return {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-            "processor": platform.processor(), "tensorflow": tf.__version__}
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu_count": os.cpu_count(), "cpu": cpu, "platform": platform.platform(),
+            "tensorflow": tf.__version__}
 
 
 def format_table(rows):
@@ -107,19 +196,37 @@ def format_table(rows):
             f"{r['ms_per_step'][v]:>9.2f} ms ({r['ratio_to_baseline'][v]:4.2f}x)" for v in variants)
         err = max(r["weights_relative_error"].values())
         lines.append(f"{r['model']:<10}{r['n']:>5}{r['m']:>5}  {cells}   {err:.1e}")
+    if all("memory" in r for r in rows):
+        lines += ["", "step memory: peak RSS during steps minus RSS before them, MB "
+                  "(ratio to baseline); [peak RSS MB]", "-" * len(header)]
+        for r in rows:
+            cells = "".join(
+                f"{r['memory'][v]['step_mb']:>7.0f} ({r['step_memory_ratio'][v]:4.2f}x) "
+                f"[{r['memory'][v]['peak_mb']:5.0f}]" for v in variants)
+            lines.append(f"{r['model']:<10}{r['n']:>5}{r['m']:>5}  {cells}")
     return "\n".join(lines)
 
 
 def main(argv):
     del argv
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    rounds, steps = (2, 3) if FLAGS.quick else (FLAGS.rounds, FLAGS.steps)
+    if FLAGS.probe:
+        model_name, m, variant = FLAGS.probe.split(",")
+        print(json.dumps(memory_probe(model_name, FLAGS.batch_size, int(m), variant)))
+        return
+    unknown = [name for name in FLAGS.models if name not in BENCH_MODELS]
+    if unknown:
+        raise app.UsageError(f"unknown model {unknown[0]}: choose from {', '.join(BENCH_MODELS)}")
+    model_names = ["lenet"] if FLAGS.quick else FLAGS.models
+    rounds, steps = (2, 2) if FLAGS.quick else (FLAGS.rounds, FLAGS.steps)
     rows = []
-    for model_name in FLAGS.models:
+    for model_name in model_names:
         rows += bench_model(model_name, FLAGS.batch_size,
                             [int(m) for m in FLAGS.clean_batch_sizes], FLAGS.meta_grads,
-                            rounds, steps)
+                            rounds, steps, memory=FLAGS.memory)
+        print(format_table(rows[-len(FLAGS.clean_batch_sizes):]), flush=True)  # progress
     result = {"machine": machine(), "rounds": rounds, "steps_per_round": steps, "rows": rows}
+    print()
     print(format_table(rows))
     print(f"(median of {rounds} interleaved rounds of {steps} steps; {result['machine']})")
     if FLAGS.output:

@@ -139,7 +139,7 @@ def resolve_defaults():
             f.num_clean = 1000
     if noisy and f.augment is None:
         f.augment = not mnist
-    if not noisy or f.model == "lenet":
+    if not noisy or f.model in ("lenet", "mlp"):
         defaults = {"num_steps": 8000, "lr": 1e-3} if not noisy else {"num_steps": 4000,
                                                                        "lr": 0.01}
     else:

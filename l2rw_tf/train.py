@@ -171,12 +171,14 @@ def weighted_step_gradients(model, config, rng, noisy, clean):
     return tape.gradient(loss, model.trainable_variables), weights, losses, loss
 
 
-def make_train_step(model, optimizer, config, rng, num_examples=0):
+def make_train_step(model, optimizer, config, rng, num_examples=0, jit_compile=False):
     """A `tf.function` doing one step of `config.method`; it adds its statistics to `stats`.
 
     With `num_examples` > 0 (the size of the training set the batches index into), it also
     accumulates per-example weight statistics in `example_stats` [num_examples, 3]: times seen,
     sum of w_i·n (weight relative to uniform) and times at weight zero (see `example_table`).
+
+    `jit_compile` compiles the step with XLA.
 
     Returns (train_step, stats, example_stats, trace_count) where `trace_count[0]` counts traces.
     """
@@ -186,7 +188,7 @@ def make_train_step(model, optimizer, config, rng, num_examples=0):
     trace_count = [0]
     optimizer.build(model.trainable_variables)  # variables created in a trace would retrace
 
-    @tf.function
+    @tf.function(jit_compile=jit_compile)
     def train_step(noisy, clean):
         trace_count[0] += 1
         grads, weights, losses, loss = weighted_step_gradients(model, config, rng, noisy, clean)

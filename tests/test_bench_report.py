@@ -39,3 +39,8 @@ def test_report_groups_seeds_and_averages(tmp_path):
     table = (tmp_path / "out" / "summary.md").read_text()
     assert "85.00 ± 5.00" in table and "90.0, 80.0" in table
     assert report.main(["report", str(tmp_path / "empty"), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_memory_probe_reports_the_steps_peak():
+    mem = bench.memory_probe("mlp", 16, 4, "l2rw_jvp", steps=2)
+    assert mem["peak_mb"] >= mem["rest_mb"] > 0 and mem["step_mb"] >= 0
