@@ -69,3 +69,36 @@ def test_cpu_config_runs_on_mock_data(tmp_path, config):
     flagfile = REPO / "configs" / f"{config}.flags"
     overrides = ["--dataset=cifar10"] if "--dataset=folder:" in flagfile.read_text() else []
     run_on_mock_data(tmp_path, flagfile, 7100, 50, *overrides)
+
+
+def test_finetune_starts_from_its_baseline_and_other_methods_run(tmp_path, capsys):
+    """baseline -> finetune (at a negligible learning rate it must keep the baseline's accuracy,
+    so the weights really were loaded), then clean_only and weighted, on mock MNIST."""
+    flagfile = REPO / "configs" / "mnist_background_lenet_cpu.flags"
+
+    def run(logdir, *args):
+        with tfds.testing.mock_data(as_dataset_fn=fake_splits(1300, 200)):
+            return main.run(["l2rw", f"--flagfile={flagfile}", "--num_hyper_val=10",
+                             "--eval_interval=5", "--checkpoint_interval=5", *args,
+                             "--data_dir=" + str(tmp_path / "tfds"), f"--logdir={logdir}"])
+
+    base = run(tmp_path / "base", "--method=baseline", "--num_steps=10")
+    tuned = run(tmp_path / "ft", "--method=finetune", f"--finetune_from={tmp_path / 'base'}",
+                "--finetune_lr=1e-12", "--num_steps=5")
+    assert "finetuning from" in capsys.readouterr().out
+    assert tuned["test_accuracy"] == base["test_accuracy"]
+    base_ckpt = tf.train.latest_checkpoint(str(tmp_path / "base" / "ckpt"))
+    tuned_ckpt = tf.train.latest_checkpoint(str(tmp_path / "ft" / "ckpt"))
+    # (tf.train.Checkpoint files each Keras variable once, the trainables under the optimizer)
+    names = [n for n, _ in tf.train.list_variables(base_ckpt) if "_trainable_variables/" in n]
+    assert names
+    for name in names:  # 10 steps at lr 0.01 moved the baseline away from the init both share
+        np.testing.assert_allclose(tf.train.load_variable(tuned_ckpt, name),
+                                   tf.train.load_variable(base_ckpt, name), atol=1e-6)
+    assert not (tmp_path / "ft" / "example_weights.csv").exists()  # trains on the clean set
+    with pytest.raises(main.UsageError, match="--seed"):
+        run(tmp_path / "ft2", "--method=finetune", f"--finetune_from={tmp_path / 'base'}",
+            "--seed=1", "--num_steps=5")
+    for method in ("clean_only", "weighted"):
+        final = run(tmp_path / method, f"--method={method}", "--num_steps=5")
+        assert final["step"] == 5 and np.isfinite(final["loss"])
