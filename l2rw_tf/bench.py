@@ -27,19 +27,27 @@ import time
 
 from absl import app, flags
 
-flags.DEFINE_list("models", ["lenet", "mlp", "resnet32", "wrn28_2"],
-                  "Models to benchmark (see BENCH_MODELS).")
-flags.DEFINE_integer("batch_size", 100, "Noisy batch size n.")
-flags.DEFINE_list("clean_batch_sizes", ["10", "100"], "Clean batch sizes m.")
-flags.DEFINE_list("meta_grads", ["lookahead", "jvp"], "Meta-gradient methods to time (jvp also "
-                  "adds l2rw_jvp_unfused: the JVP in a pass of its own).")
-flags.DEFINE_integer("rounds", 15, "Timing rounds (the median is reported).")
-flags.DEFINE_integer("steps", 10, "Steps per variant per round.")
-flags.DEFINE_bool("memory", True, "Measure peak memory of every variant (one subprocess each).")
-flags.DEFINE_bool("quick", False, "LeNet only, few rounds and steps: checks that everything runs.")
-flags.DEFINE_string("output", None, "Write the results as JSON here.")
-flags.DEFINE_string("probe", None, "Internal: MODEL,M,VARIANT: print the memory of one variant.")
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """The command line's flags; defined only when run as a program, so that importing this module
+    (tests) does not clash with l2rw_tf.main's flags of the same names."""
+    flags.DEFINE_list("models", ["lenet", "mlp", "resnet32", "wrn28_2"],
+                      "Models to benchmark (see BENCH_MODELS).")
+    flags.DEFINE_integer("batch_size", 100, "Noisy batch size n.")
+    flags.DEFINE_list("clean_batch_sizes", ["10", "100"], "Clean batch sizes m.")
+    flags.DEFINE_list("meta_grads", ["lookahead", "jvp"], "Meta-gradient methods to time (jvp also "
+                      "adds l2rw_jvp_unfused: the JVP in a pass of its own).")
+    flags.DEFINE_integer("rounds", 15, "Timing rounds (the median is reported).")
+    flags.DEFINE_integer("steps", 10, "Steps per variant per round.")
+    flags.DEFINE_bool("memory", True, "Measure peak memory of every variant (one subprocess each).")
+    flags.DEFINE_bool("quick", False, "LeNet only, few rounds and steps: checks that everything "
+                      "runs.")
+    flags.DEFINE_string("output", None, "Write the results as JSON here.")
+    flags.DEFINE_string("probe", None, "Internal: MODEL,M,VARIANT: print the memory of one "
+                        "variant.")
+
 
 # name -> (builder name, builder kwargs, input shape, classes). wrn28_2 is WRN-28 at width 2
 # (the WRN-28-10 structure with 32/64/128 filters): WRN-28-10 itself takes seconds per step here.
@@ -236,4 +244,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)

@@ -44,3 +44,18 @@ def test_report_groups_seeds_and_averages(tmp_path):
 def test_memory_probe_reports_the_steps_peak():
     mem = bench.memory_probe("mlp", 16, 4, "l2rw_jvp", steps=2)
     assert mem["peak_mb"] >= mem["rest_mb"] > 0 and mem["step_mb"] >= 0
+
+
+def test_bench_command_quick(tmp_path):
+    """`python -m l2rw_tf.bench --quick` (the CI smoke test of the command): table and JSON."""
+    import subprocess
+    import sys
+    from conftest import REPO
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "-m", "l2rw_tf.bench", "--quick", "--nomemory",
+                             "--clean_batch_sizes=10", f"--output={out}"], cwd=REPO,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "l2rw_jvp" in result.stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert [(r["model"], r["n"], r["m"]) for r in rows] == [("lenet", 100, 10)]
