@@ -60,7 +60,7 @@ def write_csv(path, rows):
 
 
 def markdown(rows):
-    group_keys = [k for k in rows[0] if not k.endswith(("_mean", "_std"))]
+    group_keys = [k for k in rows[0] if not k.endswith(("_mean", "_std")) and k != "per_seed"]
     lines = ["| " + " | ".join(group_keys) + " | test accuracy (%) | per seed |",
              "|" + "---|" * (len(group_keys) + 2)]
     for r in rows:
