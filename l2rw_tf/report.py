@@ -9,6 +9,7 @@ the seed).
 import csv
 import glob
 import json
+import math
 import os
 import statistics
 import sys
@@ -43,7 +44,8 @@ def summarize(runs):
         row = {k: json.loads(v) for k, v in zip(varying, key)}
         row["seeds"] = " ".join(str(r["seed"]) for r in members)
         for metric in METRICS:
-            values = [r[metric] for r in members if r.get(metric) is not None]
+            values = [r[metric] for r in members
+                      if r.get(metric) is not None and not math.isnan(r[metric])]
             if values:
                 row[f"{metric}_mean"] = statistics.fmean(values)
                 row[f"{metric}_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0

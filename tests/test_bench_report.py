@@ -59,3 +59,12 @@ def test_bench_command_quick(tmp_path):
     assert "l2rw_jvp" in result.stdout
     rows = json.loads(out.read_text())["rows"]
     assert [(r["model"], r["n"], r["m"]) for r in rows] == [("lenet", 100, 10)]
+
+
+def test_report_skips_nan_metrics(tmp_path):
+    """weight_noisy is NaN on a task without corrupted labels: no crash, no NaN mean."""
+    for seed in (0, 1):
+        write_run(tmp_path / "runs", f"r{seed}", {"method": "l2rw", "seed": seed},
+                  {"test_accuracy": 0.9, "weight_noisy": float("nan")})
+    (row,) = report.summarize(report.load_runs([str(tmp_path / "runs")]))
+    assert "weight_noisy_mean" not in row and row["test_accuracy_mean"] == pytest.approx(0.9)
