@@ -233,6 +233,10 @@ def write_rows(path, rows, fieldnames=None):
 
 
 def save_figure(fig, path):
+    """Every figure's finish: light grid and a small legend on each axes, then a PNG."""
+    for ax in fig.axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -279,8 +283,6 @@ def imbalance_figure(run_dirs, out_dir):
     seeds = max(row["n_seeds"] for row in rows)
     ax.set_title(f"MNIST 4 vs 9, {runs[0]['flags'].get('num_steps')} steps "
                  f"(mean ± std, up to {seeds} seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
     save_figure(fig, os.path.join(out_dir, "mnist_imbalance.png"))
     return rows
 
@@ -328,8 +330,6 @@ def curves_figure(groups, out_path, title=None):
     ax.set_xlabel("iteration")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title or setting_title(title_flags))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
     save_figure(fig, out_path)
     write_rows(os.path.splitext(out_path)[0] + ".csv", rows)
     return rows
@@ -378,8 +378,6 @@ def weight_histogram(run_dir, out_path, bins=40):
     ax.set_ylabel("fraction of examples")
     with open(os.path.join(run_dir, "flags.json")) as f:
         ax.set_title(f"L2RW weights: {setting_title(json.load(f))}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
     save_figure(fig, out_path)
     return rows
 
@@ -485,8 +483,6 @@ def sweep_figure(run_dirs, out_path, sweep, title=None):
     flags0 = runs[0]["flags"]
     ax.set_title(title or f"{dataset_label(flags0.get('dataset', '?'))} "
                           f"{NOISE_NAMES.get(flags0.get('noise'), '')}, {flags0.get('model')}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
     save_figure(fig, out_path)
     write_rows(os.path.splitext(out_path)[0] + ".csv", rows)
     return rows
