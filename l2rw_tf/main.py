@@ -64,6 +64,8 @@ flags.DEFINE_bool("clean_weight_decay", True, "Include weight decay in the clean
                   "(as the original CIFAR code).")
 flags.DEFINE_float("dropout", None, "ResNets: dropout rate before conv1 of every unit but the "
                    "first (default: the model's, 0.3 for wrn28_10, 0 otherwise).")
+flags.DEFINE_float("bn_momentum", None, "ResNets: decay of the BatchNorm moving statistics "
+                   "(default 0.999, the original's; short runs need less, see the _cpu configs).")
 flags.DEFINE_integer("units", None, "--model=resnet: residual units per stage (default 5).")
 flags.DEFINE_float("width", None, "--model=resnet: multiplier of the 16/32/64 stage filters "
                    "(default 1).")
@@ -106,8 +108,8 @@ COMMON_RUN_FLAGS = ("task", "dataset", "model", "method", "meta_grad", "seed", "
 TASK_RUN_FLAGS = {
     "imbalance": ("hard_mining_pool", "pos_ratio", "ntrain", "nval", "ntest"),
     "noisy": ("noise", "ratio", "noise_semantics", "num_clean", "clean_per_class",
-              "num_hyper_val", "num_train_subset", "augment", "dropout", "units", "width",
-              "finetune_from", "finetune_lr"),
+              "num_hyper_val", "num_train_subset", "augment", "dropout", "bn_momentum", "units",
+              "width", "finetune_from", "finetune_lr"),
 }
 IMBALANCE_ONLY = ("pos_ratio", "ntrain", "nval", "ntest", "hard_mining_pool")
 NOISY_ONLY = ("noise", "ratio", "noise_semantics", "num_clean", "clean_per_class",
@@ -245,7 +247,7 @@ def validate_flags():
         if f.weight_decay > 0:
             raise UsageError(f"--weight_decay={f.weight_decay}: --model={f.model} has no weight "
                              f"decay (the ResNets have)")
-        for name in ("dropout", "units", "width"):
+        for name in ("dropout", "bn_momentum", "units", "width"):
             if getattr(f, name) is not None:
                 raise UsageError(f"--{name} applies to the ResNet models, not --model={f.model}")
     if f.model != "resnet":
@@ -255,6 +257,8 @@ def validate_flags():
                                  f"--model={f.model}")
     if f.dropout is not None and not 0.0 <= f.dropout < 1.0:
         raise UsageError(f"--dropout={f.dropout} must be in [0, 1)")
+    if f.bn_momentum is not None and not 0.0 <= f.bn_momentum < 1.0:
+        raise UsageError(f"--bn_momentum={f.bn_momentum} must be in [0, 1)")
     if f.units is not None and f.units < 1:
         raise UsageError(f"--units={f.units} must be >= 1")
     if f.width is not None and f.width <= 0:
@@ -286,8 +290,8 @@ def prepare_run_dir(run_dir):
 
 # Flags a finetune run must share with the baseline it starts from (same split, same network).
 FINETUNE_SHARED = ("dataset", "model", "seed", "noise", "ratio", "noise_semantics", "num_clean",
-                   "clean_per_class", "num_hyper_val", "num_train_subset", "dropout", "units",
-                   "width", "weight_decay")
+                   "clean_per_class", "num_hyper_val", "num_train_subset", "dropout",
+                   "bn_momentum", "units", "width", "weight_decay")
 
 
 def finetune_source(run_dir):
@@ -354,7 +358,7 @@ def build_experiment():
                 experiment.num_classes, f.ratio)
     model = models.build_model(f.model, experiment.num_classes, experiment.input_shape,
                                seed=f.seed, weight_decay=f.weight_decay, dropout=f.dropout,
-                               units=f.units, width=f.width)
+                               bn_momentum=f.bn_momentum, units=f.units, width=f.width)
     if f.method == "finetune":
         lr = f.finetune_lr
     else:

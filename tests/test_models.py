@@ -190,6 +190,13 @@ def test_weight_decay_terms(r32):
             assert layer.bias_regularizer is None
 
 
+def test_bn_momentum_kwarg_passes_through_and_defaults_to_the_original():
+    fast = build_model("resnet", 10, CIFAR, units=1, width=0.25, bn_momentum=0.9)
+    assert {bn.momentum for bn in layers_of(fast, layers.BatchNormalization)} == {0.9}
+    default = build_model("resnet", 10, CIFAR, units=1, width=0.25, bn_momentum=None)
+    assert {bn.momentum for bn in layers_of(default, layers.BatchNormalization)} == {0.999}
+
+
 def test_weight_decay_and_dropout_kwargs_pass_through():
     model = build_model("resnet", 10, CIFAR, units=1, width=0.25, weight_decay=5e-4,
                         dropout=0.2)

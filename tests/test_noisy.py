@@ -311,6 +311,8 @@ MNIST_BG = str(REPO / "configs" / "mnist_background_lenet.flags")
     (["--model=resnet32", "--units=2"], "--units applies to --model=resnet"),
     (["--model=resnet", "--width=0"], "--width=0.0 must be positive"),
     (["--model=resnet", "--dropout=1.5"], "--dropout=1.5 must be in [0, 1)"),
+    (["--model=resnet", "--bn_momentum=1"], "--bn_momentum=1.0 must be in [0, 1)"),
+    (["--bn_momentum=0.9"], "--bn_momentum applies to the ResNet models"),
     (["--model=vgg"], "--model=vgg is unknown"),
     (["--pos_ratio=0.9"], "--pos_ratio applies to --task=imbalance only"),
     (["--dataset=svhn"], "--dataset=svhn is unknown"),

@@ -444,3 +444,50 @@ def test_script_stops_at_a_failed_run(tmp_path):
     assert result.returncode == 1
     assert "[1/346] FAILED (log: " in result.stderr and "rerun the script" in result.stderr
     assert "error: no data" in result.stdout  # the run's own output, also in its log
+
+
+def test_parallel_jobs_run_every_command_and_finetune_waits_for_its_baseline(tmp_path):
+    """--jobs=3 at paper scale with a stub `python`: every run once, up to three at a time with
+    the cores split between them, each finetune run started only after the baseline it loads
+    has ended, each run's output in its log."""
+    stub = tmp_path / "bin" / "python"
+    stub.parent.mkdir()
+    stub.write_text(f'#!/bin/sh\nlog={tmp_path}/calls.txt\ndir=\n'
+                    'for a; do case $a in --logdir=*) dir=${a#--logdir=};; esac; done\n'
+                    '[ -n "$dir" ] || exit 0\n'  # the plots command
+                    'echo "start $dir $TF_NUM_INTRAOP_THREADS" >> $log\n'
+                    # A table's baselines outlast the runs between them and their finetune runs.
+                    'case $dir in *_uniform/baseline_*|*_background/baseline_*) sleep 0.5;; '
+                    '*) sleep 0.01;; esac\n'
+                    'echo "end $dir" >> $log\necho trained\n')
+    stub.chmod(0o755)
+    env = {**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}"}
+    env.pop("TF_NUM_INTRAOP_THREADS", None)
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    result = script("--scale=paper", "--jobs=3", f"--runs={runs}", f"--out={out}", env=env)
+    assert result.returncode == 0, result.stderr
+    events = [line.split() for line in (tmp_path / "calls.txt").read_text().splitlines()]
+    starts = [e[1] for e in events if e[0] == "start"]
+    assert len(starts) == len(set(starts)) == 346
+    assert sorted(e[1] for e in events if e[0] == "end") == sorted(starts)
+    cores = int(subprocess.run(["nproc"], capture_output=True, text=True).stdout)
+    assert {e[2] for e in events if e[0] == "start"} == {str(max(1, cores // 3))}
+    running, ended, most = set(), set(), 0
+    for kind, run, *_ in events:
+        if kind == "start":
+            if "/finetune_" in run:
+                assert run.replace("/finetune_", "/baseline_") in ended, run
+            running.add(run)
+            most = max(most, len(running))
+        else:
+            running.discard(run)
+            ended.add(run)
+    assert most == 3
+    assert (runs / "cifar10_background/finetune_seed0.log").read_text() == "trained\n"
+    assert "[346/346] finished" in result.stdout
+
+
+def test_bad_jobs_value_is_a_one_line_error():
+    bad = script("--jobs=0", "--dry_run")
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == "error: --jobs=0 must be a positive integer"

@@ -59,7 +59,7 @@ class ChannelPad(layers.Layer):
 
 def resnet(num_classes, depth_units=(5, 5, 5), filters=(16, 32, 64), dropout=0.0,
            weight_decay=1e-4, input_shape=(32, 32, 3), seed=None, name="resnet",
-           init_filters=16, strides=(1, 2, 2)):
+           init_filters=16, strides=(1, 2, 2), bn_momentum=BN_MOMENTUM):
     """Builds a pre-activation ResNet (functional `keras.Model` returning logits).
 
     depth_units: residual units per stage. filters: output channels per stage.
@@ -67,6 +67,9 @@ def resnet(num_classes, depth_units=(5, 5, 5), filters=(16, 32, 64), dropout=0.0
     weight_decay: L2 coefficient (wd * sum(w^2)) on conv and dense kernels; 0/None disables it.
     seed: int for a deterministic init (each layer gets its own derived seed), or None.
     init_filters: channels of the init conv (16 in both original configs).
+    bn_momentum: decay of the BN moving statistics (the original's 0.999). Evaluation uses
+      them, and from their initial (0, 1) they need ~3/(1 - momentum) steps to settle: runs much
+      shorter than 3,000 steps need a lower value.
     """
     if len(depth_units) != len(filters) or len(filters) != len(strides):
         raise ValueError("depth_units, filters and strides need one entry per stage")
@@ -90,7 +93,7 @@ def resnet(num_classes, depth_units=(5, 5, 5), filters=(16, 32, 64), dropout=0.0
             kernel_regularizer=regularizer(), name=layer_name)(x)
 
     def bn_relu(x, layer_name):
-        x = layers.BatchNormalization(momentum=BN_MOMENTUM, epsilon=BN_EPSILON, center=True,
+        x = layers.BatchNormalization(momentum=bn_momentum, epsilon=BN_EPSILON, center=True,
                                       scale=False, name=layer_name)(x)
         return layers.ReLU()(x)
 
