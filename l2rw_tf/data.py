@@ -11,6 +11,7 @@ knows: tfds `mnist`, `cifar10`, `cifar100`, or a local image folder `folder:PATH
 """
 import dataclasses
 import hashlib
+import inspect
 import os
 import pathlib
 
@@ -71,6 +72,10 @@ def _load_tfds(name, split, data_dir=None):
         if not builder.is_prepared():
             builder.download_and_prepare()
         num_classes = builder.info.features["label"].num_classes
+        cache = _tfds_cache_path(builder, split)
+        if cache is not None and cache.exists():
+            with np.load(cache, allow_pickle=False) as z:
+                return z["images"], z["labels"], num_classes
         images, labels = _as_arrays(builder.as_dataset(split=split, as_supervised=True))
     except Exception as e:  # noqa: BLE001 -- tfds raises many kinds offline; name the fix instead.
         where = data_dir or "the default tfds directory (~/tensorflow_datasets)"
@@ -78,7 +83,40 @@ def _load_tfds(name, split, data_dir=None):
             f"cannot load tfds dataset {name!r} split {split!r} from {where} ({type(e).__name__}); "
             f"set --data_dir or TFDS_DATA_DIR to a prepared tfds directory "
             f"(e.g. ../shared/tensorflow_datasets) or run once with internet access") from None
+    if cache is not None:
+        _save_npz(cache, images=images, labels=labels)
     return images, labels, num_classes
+
+
+# tfds.testing.mock_data swaps DatasetBuilder.as_dataset for a generator of fake examples: the
+# decode cache must neither store nor serve data while it is active.
+_REAL_AS_DATASET = inspect.getattr_static(tfds.core.DatasetBuilder, "as_dataset")
+
+
+def _tfds_cache_path(builder, split):
+    """Where the decoded arrays of a prepared tfds split are cached (decoding MNIST's 70,000 PNGs
+    costs more than a short run's training): keyed by dataset, version, split and the prepared
+    files' names, sizes and mtimes. None when the data is not plain local record files."""
+    if inspect.getattr_static(type(builder), "as_dataset") is not _REAL_AS_DATASET:
+        return None
+    root = pathlib.Path(str(builder.data_dir))
+    records = sorted(p for p in root.glob("*") if "record" in p.name) if root.is_dir() else []
+    if not records:
+        return None
+    digest = hashlib.sha1(str(root.resolve()).encode())
+    for path in records:
+        st = path.stat()
+        digest.update(f"{path.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    key = f"{builder.name}_{builder.version}_{split}_{digest.hexdigest()[:16]}"
+    return cache_dir() / f"tfds_{key}.npz"
+
+
+def _save_npz(path, **arrays):
+    """Writes arrays to `path` atomically (a crash never leaves a half-written cache)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
 
 
 TFDS_DATASETS = ("mnist", "cifar10", "cifar100")
@@ -89,7 +127,7 @@ JPEG_COPY_NAME = "cifar10_jpeg"  # ../shared/datasets/cifar10_jpeg, the CIFAR-10
 
 
 def cache_dir():
-    """Where decoded image folders are cached: $L2RW_CACHE_DIR, else ~/.cache/l2rw_tf."""
+    """Where decoded datasets are cached: $L2RW_CACHE_DIR, else ~/.cache/l2rw_tf."""
     return pathlib.Path(os.environ.get("L2RW_CACHE_DIR")
                         or pathlib.Path.home() / ".cache" / "l2rw_tf")
 
@@ -155,10 +193,7 @@ def load_folder(path, split, use_cache=True):
         raise DataError(f"image folder {str(root)!r} split {split!r} holds no images")
     images, labels = np.stack(images).astype(np.uint8), np.asarray(labels, np.int64)
     if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, images=images, labels=labels, classes=np.asarray(classes))
-        os.replace(tmp, cache)
+        _save_npz(cache, images=images, labels=labels, classes=np.asarray(classes))
     return images, labels, classes
 
 

@@ -1,6 +1,8 @@
-"""MNIST class-imbalance construction: exact counts, disjoint splits, determinism; pipelines."""
+"""MNIST class-imbalance construction: exact counts, disjoint splits, determinism; pipelines;
+the tfds decode cache."""
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 from l2rw_tf import data
 
@@ -70,3 +72,24 @@ def test_class_balanced_dataset_is_balanced():
     ds = data.class_balanced_dataset(images, labels, batch_size=100, seed=0)
     mean = np.mean([b["label"].mean() for b in ds.take(20).as_numpy_iterator()])
     assert 0.4 < mean < 0.6
+
+
+def test_tfds_decode_cache_serves_real_data_only(tmp_path, monkeypatch):
+    """Real MNIST is decoded once and then read from the cache; under tfds.testing.mock_data
+    the cache is neither written nor read (fake examples must never reach a real run)."""
+    monkeypatch.setenv("L2RW_CACHE_DIR", str(tmp_path / "cache"))
+    images, labels = data.load_tfds("mnist", "test")
+    cached = sorted((tmp_path / "cache").glob("tfds_mnist_*_test_*.npz"))
+    assert len(cached) == 1
+    with np.load(cached[0]) as z:
+        np.testing.assert_array_equal(z["images"], images)
+        np.testing.assert_array_equal(z["labels"], labels)
+    # Served from the cache: a marked copy comes back.
+    marked = images.copy()
+    marked[0, 0, 0, 0] = 123
+    np.savez(cached[0], images=marked, labels=labels)
+    assert data.load_tfds("mnist", "test")[0][0, 0, 0, 0] == 123
+    with tfds.testing.mock_data(num_examples=7):
+        fake_images, _ = data.load_tfds("mnist", "test")
+    assert len(fake_images) == 7
+    assert sorted((tmp_path / "cache").iterdir()) == cached
