@@ -5,6 +5,7 @@ import csv
 import json
 import math
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -342,17 +343,17 @@ def test_paper_dry_run_lists_the_reference_settings():
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert all(line.startswith("python -m l2rw_tf.main --flagfile=configs/") for line in lines)
-    # Fig. 2: 5 ratios x 6 methods x 5 seeds; MNIST BackgroundFlip 2 x 3; Table 1: 2 x 5 x 5;
+    # Fig. 2: 5 ratios x 6 methods x 10 seeds; MNIST BackgroundFlip 2 x 3; Table 1: 2 x 5 x 5;
     # Table 2: 2 x 6 x 5; Fig. 4: 6 clean sizes x 5 seeds (10/class is Table 2's run);
     # Fig. 5: 5 ratios x 2 methods x 5 seeds (0.4 is Table 1's).
-    assert len(lines) == 150 + 6 + 50 + 60 + 30 + 50 == 346
+    assert len(lines) == 300 + 6 + 50 + 60 + 30 + 50 == 496
     assert len(set(lines)) == len(lines)
     assert ("python -m l2rw_tf.main --flagfile=configs/mnist_imbalance.flags --method=l2rw "
             "--seed=0 --pos_ratio=0.9 --logdir=runs/paper/mnist_imbalance/l2rw_p0.9_seed0"
             ) == lines[0]
     imbalance = [line for line in lines if "mnist_imbalance.flags" in line]
     assert {line.split("--seed=")[1].split()[0] for line in imbalance} == {
-        "0", "56789", "13578", "70367", "27156"}
+        str(t * 123456789 % 100000) for t in range(10)}
     baseline = ("python -m l2rw_tf.main --flagfile=configs/cifar10_background_resnet32.flags "
                 "--method=baseline --seed=184 "
                 "--logdir=runs/paper/cifar10_background/baseline_seed184")
@@ -383,15 +384,86 @@ def test_paper_dry_run_lists_the_reference_settings():
                                                                        "0.5"}
 
 
+def effective_flags(line):
+    """The settings one dry-run command trains with: its flagfile, then its own flags."""
+    args = shlex.split(line)[3:]
+    flagfile = REPO / args[0].removeprefix("--flagfile=")
+    settings = {}
+    for arg in [l for l in flagfile.read_text().splitlines() if l.startswith("--")] + args[1:]:
+        name, _, value = arg[2:].partition("=")
+        if not value and name.startswith("no"):
+            name, value = name[2:], "false"
+        settings[name] = value or "true"
+    return settings
+
+
+# The reference's settings (reference.md sections 2-4), by experiment directory.
+REFERENCE = {
+    "mnist_imbalance": dict(task="imbalance", dataset="mnist", model="lenet", ntrain="5000",
+                            nval="10", ntest="500", batch_size="100", lr="0.001",
+                            momentum="0.9", num_steps="8000"),
+    "cifar10_uniform": dict(dataset="cifar10", noise="uniform", ratio="0.4", model="wrn28_10",
+                            num_clean="1000", num_steps="60000", lr="0.1",
+                            lr_boundaries="40000,50000", lr_values="0.01,0.001"),
+    "cifar100_uniform": dict(dataset="cifar100", noise="uniform", ratio="0.4", model="wrn28_10",
+                             num_clean="1000", num_steps="60000", lr="0.1",
+                             lr_boundaries="40000,50000", lr_values="0.01,0.001"),
+    "cifar10_background": dict(dataset="cifar10", noise="background", ratio="0.4",
+                               model="resnet32", clean_per_class="10", num_steps="80000",
+                               lr="0.1", lr_boundaries="40000,60000", lr_values="0.01,0.001"),
+    "cifar100_background": dict(dataset="cifar100", noise="background", ratio="0.4",
+                                model="resnet32", clean_per_class="10", num_steps="80000",
+                                lr="0.1", lr_boundaries="40000,60000", lr_values="0.01,0.001"),
+}
+CIFAR_COMMON = dict(task="noisy", batch_size="100", clean_batch_size="100", momentum="0.9",
+                    weight_decay="1e-4", clean_weight_decay="true", augment="true",
+                    num_hyper_val="5000", noise_semantics="paper")
+
+
+def test_paper_dry_run_matches_the_reference_row_by_row():
+    lines = script("--scale=paper", "--dry_run").stdout.splitlines()
+    for line in lines:
+        got = effective_flags(line)
+        experiment, run = got["logdir"].split("/")[-2:]
+        method, seed = got["method"], got["seed"]
+        assert run.startswith(f"{method}_") and run.endswith(f"_seed{seed}"), line
+        base = experiment.removesuffix("_clean_sweep").removesuffix("_noise_sweep")
+        if base == "mnist_background":
+            assert got["model"] == "lenet" and got["noise"] == "background", line
+            assert got["clean_per_class"] == "10" and got["ratio"] == "0.4", line
+            continue
+        want = dict(REFERENCE[base])
+        if base != "mnist_imbalance":
+            want.update(CIFAR_COMMON)
+            assert seed in {"0", "6", "28", "184", "229"}, line
+        if method == "clean_only":
+            want["num_steps"] = "2000"               # from scratch on the clean set, lr 0.1
+        if method == "finetune":
+            want["num_steps"] = "5000"               # lr 1e-3: main's --finetune_lr default
+            assert got["finetune_from"].endswith(f"/{experiment}/baseline_seed{seed}"), line
+            assert "finetune_lr" not in got
+        if method == "weighted":
+            assert base.endswith("_background"), line
+        if experiment.endswith("_clean_sweep"):
+            del want["clean_per_class"]
+            per_class = int(got["clean_per_class"])
+            assert per_class in {1, 2, 5, 20, 50, 100}, line
+            want["clean_batch_size"] = str(min(100, 10 * per_class))
+        if experiment.endswith("_noise_sweep"):
+            want["ratio"] = got["ratio"]
+            assert got["ratio"] in {"0", "0.1", "0.2", "0.3", "0.5"}, line
+        assert {k: got.get(k) for k in want} == want, line
+
+
 def test_cpu_dry_run_and_options():
     result = script("--dry_run")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == 90 + 6 + 12 + 3 + 4 and len(set(lines)) == len(lines)
+    assert len(lines) == 60 + 6 + 12 + 2 + 4 and len(set(lines)) == len(lines)
     assert all(line.startswith("python -m l2rw_tf.main --flagfile=configs/")
                and "--logdir=runs/cpu/" in line for line in lines)
     assert all("_cpu.flags" in line for line in lines if "mnist_imbalance" not in line)
-    assert all("--num_steps=1000" in line for line in lines if "mnist_imbalance" in line)
+    assert all("--num_steps=400" in line for line in lines if "mnist_imbalance" in line)
     moved = script("--dry_run", "--runs", "/tmp/elsewhere").stdout.splitlines()
     assert moved[0].endswith("--logdir=/tmp/elsewhere/mnist_imbalance/l2rw_p0.9_seed0")
     bad = script("--scale=gpu", "--dry_run")
@@ -418,13 +490,14 @@ def test_script_runs_every_command_in_order_and_records_them(tmp_path):
                             env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     progress = [line for line in result.stdout.splitlines() if line.startswith("[")]
-    assert progress[0] == ("[1/115] python -m l2rw_tf.main --flagfile=configs/"
+    assert progress[0] == ("[1/84] python -m l2rw_tf.main --flagfile=configs/"
                            "mnist_imbalance.flags --method=l2rw --seed=0 --pos_ratio=0.9 "
-                           "--num_steps=1000 --logdir=runs/cpu/mnist_imbalance/l2rw_p0.9_seed0")
+                           "--num_steps=400 --eval_interval=100 "
+                           "--logdir=runs/cpu/mnist_imbalance/l2rw_p0.9_seed0")
     assert progress[-1] == ("[plots] python -m l2rw_tf.plots --runs=runs/cpu --out=results/cpu "
                             "--scale=cpu")
     calls = (tmp_path / "calls.txt").read_text().splitlines()
-    assert len(calls) == 116
+    assert len(calls) == 85
     # The flagfile's clean batch of 100 is cut to the 10-image clean set of 1 per class.
     assert any("--clean_per_class=1 --clean_batch_size=10 " in call for call in calls)
     assert (checkout / "runs/cpu/mnist_imbalance/l2rw_p0.9_seed0.log").read_text() == "trained\n"
@@ -442,7 +515,7 @@ def test_script_stops_at_a_failed_run(tmp_path):
     env = {**os.environ, "PATH": f"{stub.parent}:{os.environ['PATH']}"}
     result = script("--scale=paper", f"--runs={tmp_path}/runs", f"--out={tmp_path}/out", env=env)
     assert result.returncode == 1
-    assert "[1/346] FAILED (log: " in result.stderr and "rerun the script" in result.stderr
+    assert "[1/496] FAILED (log: " in result.stderr and "rerun the script" in result.stderr
     assert "error: no data" in result.stdout  # the run's own output, also in its log
 
 
@@ -468,7 +541,7 @@ def test_parallel_jobs_run_every_command_and_finetune_waits_for_its_baseline(tmp
     assert result.returncode == 0, result.stderr
     events = [line.split() for line in (tmp_path / "calls.txt").read_text().splitlines()]
     starts = [e[1] for e in events if e[0] == "start"]
-    assert len(starts) == len(set(starts)) == 346
+    assert len(starts) == len(set(starts)) == 496
     assert sorted(e[1] for e in events if e[0] == "end") == sorted(starts)
     cores = int(subprocess.run(["nproc"], capture_output=True, text=True).stdout)
     assert {e[2] for e in events if e[0] == "start"} == {str(max(1, cores // 3))}
@@ -484,7 +557,7 @@ def test_parallel_jobs_run_every_command_and_finetune_waits_for_its_baseline(tmp
             ended.add(run)
     assert most == 3
     assert (runs / "cifar10_background/finetune_seed0.log").read_text() == "trained\n"
-    assert "[346/346] finished" in result.stdout
+    assert "[496/496] finished" in result.stdout
 
 
 def test_bad_jobs_value_is_a_one_line_error():
