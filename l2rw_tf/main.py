@@ -13,6 +13,7 @@ Two tasks:
 A run writes into `--logdir` (see train.py); rerunning the same command resumes it, and a
 finished run is reported, not rerun.
 """
+import contextlib
 import json
 import os
 import sys
@@ -270,6 +271,42 @@ def run_flags():
             for name in COMMON_RUN_FLAGS + TASK_RUN_FLAGS[FLAGS.task]}
 
 
+LOCK_NAME = "running.pid"
+
+
+@contextlib.contextmanager
+def run_dir_lock(run_dir):
+    """Holds `run_dir` for this process: a second process on the same run directory would
+    interleave its checkpoints with ours. A lock left by a killed process is taken over."""
+    path = os.path.join(run_dir, LOCK_NAME)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        with open(path) as fh:
+            text = fh.read().strip()
+        if text.isdigit() and int(text) != os.getpid() and process_alive(int(text)):
+            raise UsageError(f"{run_dir} is in use by process {text} (training it now); wait "
+                             f"for that run or stop it, then rerun") from None
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+
+
+def process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def prepare_run_dir(run_dir):
     """Creates the run directory, or checks that an existing one holds this same run."""
     flags_path = os.path.join(run_dir, "flags.json")
@@ -282,7 +319,7 @@ def prepare_run_dir(run_dir):
         if changed:
             diff = ", ".join(f"--{k} was {a!r}, now {b!r}" for k, (a, b) in changed.items())
             raise UsageError(f"{run_dir} holds a different run ({diff}); use a new --logdir")
-    elif os.path.isdir(run_dir) and os.listdir(run_dir):
+    elif os.path.isdir(run_dir) and set(os.listdir(run_dir)) - {LOCK_NAME}:
         raise UsageError(f"{run_dir} exists and is not a run directory; use a new --logdir")
     os.makedirs(run_dir, exist_ok=True)
     return flags_path
@@ -423,7 +460,13 @@ def main(argv, stop_at_step=None):
             text = fh.read()
         print(f"{run_dir} is complete: {text}")
         return json.loads(text)
+    with run_dir_lock(run_dir):
+        return train_run(run_dir, flags_path, result_path, stop_at_step)
 
+
+def train_run(run_dir, flags_path, result_path, stop_at_step=None):
+    """Builds the experiment of the parsed flags and trains it in `run_dir` (resuming)."""
+    f = FLAGS
     import keras
     import tensorflow as tf
     from l2rw_tf import data, train

@@ -106,3 +106,21 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, method):
     b = json.loads((tmp_path / "straight" / "result.json").read_text())
     for key in ("loss", "test_accuracy", "train_accuracy", "zero_weight_fraction"):
         assert a[key] == b[key]
+
+
+def test_a_run_directory_in_use_is_refused_and_a_stale_lock_taken_over(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (run / main.LOCK_NAME).write_text(str(other.pid))
+        with pytest.raises(main.UsageError, match=f"is in use by process {other.pid}"):
+            main.run(["l2rw", f"--flagfile={FLAGFILE}", "--num_steps=2", f"--logdir={run}"])
+        assert os.listdir(run) == [main.LOCK_NAME]    # the other process's lock stays
+    finally:
+        other.kill()
+        other.wait()
+    # Its owner is gone (as after kill -9): the next run takes the directory over and frees it.
+    final = main.run(["l2rw", f"--flagfile={FLAGFILE}", "--num_steps=2", "--eval_interval=2",
+                      f"--logdir={run}"])
+    assert final["step"] == 2 and not (run / main.LOCK_NAME).exists()
