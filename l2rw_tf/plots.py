@@ -510,7 +510,18 @@ def setting_name(run_flags, clean_size=None):
         text += f", {f.get('num_clean') or clean_size:,} clean"
     if f.get("num_train_subset"):
         text += f", {f['num_train_subset']:,}-image train subset"
+    if f.get("augment") is False:
+        text += ", no augmentation"
     return text
+
+
+def model_name(run_flags):
+    """The network of a row; the reduced ResNet with its depth and width ("resnet-8 x0.5")."""
+    f = run_flags
+    if f.get("model") != "resnet":
+        return str(f.get("model"))
+    units = f.get("units") or 5
+    return f"resnet-{6 * units + 2} x{f.get('width') or 1:g}"
 
 
 def paper_number(run_flags):
@@ -540,6 +551,8 @@ def paper_number(run_flags):
             differences.append(f"{key} {f.get(key)} (paper {value})")
     if f.get("num_train_subset"):
         differences.append(f"train subset of {f['num_train_subset']}")
+    if f.get("augment") is False:
+        differences.append("no augmentation")
     return mean, ci, differences
 
 
@@ -575,7 +588,7 @@ def results_table(run_dirs, out_path, scale=""):
             comparable = "yes" if not paper[2] else "no: " + "; ".join(paper[2])
         rows.append({
             "dataset": dataset_label(f.get("dataset", "?")), "setting": setting_name(f, clean),
-            "model": f.get("model"), "method": f.get("method"), "num_steps": f.get("num_steps"),
+            "model": model_name(f), "method": f.get("method"), "num_steps": f.get("num_steps"),
             "scale": scale, "n_seeds": len(members),
             "seeds": " ".join(str(r["flags"].get("seed")) for r in
                               sorted(members, key=lambda r: r["flags"].get("seed", 0))),
@@ -584,7 +597,7 @@ def results_table(run_dirs, out_path, scale=""):
             "comparable_to_paper": comparable,
             "_sort": (f.get("task") != "imbalance", rows_dataset_rank(f), f.get("noise") or "",
                       f.get("pos_ratio") or 0, f.get("ratio") or 0, clean or 0,
-                      str(f.get("model")), method_rank(f.get("method")))})
+                      model_name(f), method_rank(f.get("method")))})
     rows.sort(key=lambda row: row.pop("_sort"))
 
     header = ("| dataset | setting | model | method | steps | scale | n | test accuracy (%) | "
