@@ -331,14 +331,24 @@ def train(model, optimizer, train_ds, clean_ds, evaluate, run_dir, num_steps, co
         init_fn()
     metrics = MetricsLog(run_dir, int(step))
 
+    # Where the time goes (this session): waiting for input, training steps, evaluation and
+    # checkpoints, so a run shows whether data or evaluation holds training back.
+    seconds = dict.fromkeys(("input", "step", "eval", "checkpoint"), 0.0)
     start_time, start_step, row = time.time(), int(step), None
     while int(step) < num_steps:
-        train_step(next(train_iter), next(clean_iter))
+        t0 = time.perf_counter()
+        batches = next(train_iter), next(clean_iter)
+        t1 = time.perf_counter()
+        train_step(*batches)
         step.assign_add(1)
-        current = int(step)
+        current = int(step)  # waits for the step to finish
+        seconds["input"] += t1 - t0
+        seconds["step"] += time.perf_counter() - t1
         if current % eval_interval == 0 or current == num_steps:
+            t0 = time.perf_counter()
             row = {"step": current, "lr": current_learning_rate(optimizer, current),
                    **summarize(stats.numpy()), **evaluate()}
+            seconds["eval"] += time.perf_counter() - t0
             stats.assign(tf.zeros_like(stats))
             metrics.write(row)
             rate = (current - start_step) / max(time.time() - start_time, 1e-9)
@@ -346,7 +356,9 @@ def train(model, optimizer, train_ds, clean_ds, evaluate, run_dir, num_steps, co
                 f"{k} {v:.4f}" for k, v in row.items() if k.endswith("accuracy"))
                 + f"  ({rate:.1f} steps/s)")
         if current % checkpoint_interval == 0 or current == num_steps:
+            t0 = time.perf_counter()
             manager.save(checkpoint_number=current)
+            seconds["checkpoint"] += time.perf_counter() - t0
         if stop_at_step is not None and current >= stop_at_step:
             raise KeyboardInterrupt(f"simulated crash after step {current}")
     if row is None:  # already finished before this call
@@ -357,5 +369,6 @@ def train(model, optimizer, train_ds, clean_ds, evaluate, run_dir, num_steps, co
     row = {k: float(v) for k, v in row.items()}
     row["step"] = int(row["step"])
     row["train_seconds"] = time.time() - start_time
+    row.update({f"{name}_seconds": value for name, value in seconds.items()})
     row["traces"] = trace_count[0]
     return row
