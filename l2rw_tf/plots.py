@@ -110,9 +110,10 @@ class NoRuns(ValueError):
 
 
 def find_runs(root):
-    """Every run directory (one holding flags.json) below `root`, sorted."""
+    """Every run directory (one holding flags.json) below `root`, sorted; symlinked experiment
+    directories are followed (a root may gather experiments kept elsewhere)."""
     found = []
-    for dirpath, dirnames, filenames in os.walk(root):
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         if "flags.json" in filenames:
             found.append(dirpath)
             dirnames[:] = []  # a run directory holds no other runs (ckpt/, tb/)
@@ -291,12 +292,12 @@ def imbalance_figure(run_dirs, out_dir):
 # The report's figures: test accuracy vs iteration.
 
 def setting_title(run_flags):
-    """E.g. "CIFAR-10 (JPEG copy) BackgroundFlip 40%, resnet"."""
+    """E.g. "CIFAR-10 (JPEG copy) BackgroundFlip 40%, resnet-8 x0.5"."""
     label = dataset_label(run_flags.get("dataset", "?"))
     if run_flags.get("task") == "imbalance":
         return f"{label} 4 vs 9, {100 * run_flags.get('pos_ratio', 0):g}% nines"
     noise = NOISE_NAMES.get(run_flags.get("noise"), run_flags.get("noise"))
-    return f"{label} {noise} {100 * run_flags.get('ratio', 0):g}%, {run_flags.get('model')}"
+    return f"{label} {noise} {100 * run_flags.get('ratio', 0):g}%, {model_name(run_flags)}"
 
 
 def curves_figure(groups, out_path, title=None):

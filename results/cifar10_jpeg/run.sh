@@ -25,8 +25,8 @@ done | xargs -P "${PARALLEL:-2}" -n 4 sh -c 'mkdir -p '"$RUNS"'/$0 && python -m 
 for noise in background uniform; do
   python -m l2rw_tf.report "$RUNS/cifar10_$noise" --out "$OUT/$noise"
 done
-# Figures (accuracy curves, weight histograms, the mislabel ranking) of these two experiments only.
-only=$(mktemp -d)
-trap 'rm -rf "$only"' EXIT
-for noise in background uniform; do ln -s "$PWD/$RUNS/cifar10_$noise" "$only/cifar10_$noise"; done
-python -m l2rw_tf.plots --runs="$only" --out="$OUT/figures" --scale=cpu
+# Figures (accuracy curves, weight histograms, the mislabel ranking) and the table of these two
+# experiments only: plots.py reads them through runs/cifar10_jpeg/, a folder of links.
+mkdir -p runs/cifar10_jpeg
+for noise in background uniform; do ln -sfn "$(cd "$RUNS" && pwd)/cifar10_$noise" runs/cifar10_jpeg/; done
+python -m l2rw_tf.plots --runs=runs/cifar10_jpeg --out="$OUT/figures" --scale=cpu
