@@ -122,14 +122,18 @@ flag_value() {
   sed -n "s/^--$2=//p" "$1" | tail -n 1
 }
 
-COMMANDS=() LOGDIRS=() FLAGFILES_USED=()
+COMMANDS=() LOGDIRS=() FLAGFILES_USED=() AFTER=()  # AFTER: the run a run starts from, or ""
 add_run() {  # add_run LOGDIR FLAGFILE [FLAG ...]
-  local logdir=$1 flagfile=$2 cmd
+  local logdir=$1 flagfile=$2 cmd arg after=""
   shift 2
   printf -v cmd '%q ' python -m l2rw_tf.main "--flagfile=$flagfile" "$@" "--logdir=$logdir"
+  for arg; do
+    if [[ $arg == --finetune_from=* ]]; then after=${arg#*=}; fi
+  done
   COMMANDS+=("${cmd% }")
   LOGDIRS+=("$logdir")
   FLAGFILES_USED+=("$flagfile")
+  AFTER+=("$after")
 }
 
 # The flags a method adds to its setting's flagfile (reference §3), into METHOD_FLAGS.
@@ -263,7 +267,7 @@ else
   threads=$((cores / JOBS > 0 ? cores / JOBS : 1))
   export TF_NUM_INTRAOP_THREADS=${TF_NUM_INTRAOP_THREADS:-$threads}
   export TF_NUM_INTEROP_THREADS=${TF_NUM_INTEROP_THREADS:-$threads}
-  declare -A RUNNING=()  # pid -> run index
+  declare -A RUNNING=() PID_OF=()  # pid -> run index; run directory -> pid
   FAILED=()
   finish() {  # finish PID: collect a run that ended
     local k=${RUNNING[$1]}
@@ -280,22 +284,20 @@ else
   }
   for ((k = 0; k < N; k++)); do
     # A finetune run starts from its baseline's checkpoint: wait for that run first.
-    if [[ ${COMMANDS[k]} == *--finetune_from=* ]]; then
-      source_dir=${COMMANDS[k]#*--finetune_from=}
-      source_dir=${source_dir%% *}
-      for pid in "${!RUNNING[@]}"; do
-        if [[ $(printf '%q' "${LOGDIRS[${RUNNING[$pid]}]}") == "$source_dir" ]]; then
-          status=0
-          wait "$pid" || status=$?
-          finish "$pid" "$status"
-        fi
-      done
+    if [[ -n ${AFTER[k]} ]]; then
+      pid=${PID_OF[${AFTER[k]}]:-}
+      if [[ -n $pid && -n ${RUNNING[$pid]:-} ]]; then
+        status=0
+        wait "$pid" || status=$?
+        finish "$pid" "$status"
+      fi
     fi
     reap "$JOBS"
     ((${#FAILED[@]} == 0)) || break
     echo "[$((k + 1))/$N] ${COMMANDS[k]}"
     run_one "$k" &
     RUNNING[$!]=$k
+    PID_OF[${LOGDIRS[k]}]=$!
   done
   reap 1
   ((${#FAILED[@]} == 0)) || exit 1
