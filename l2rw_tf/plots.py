@@ -483,7 +483,7 @@ def sweep_figure(run_dirs, out_path, sweep, title=None):
     ax.set_ylabel("test accuracy (%)")
     flags0 = runs[0]["flags"]
     ax.set_title(title or f"{dataset_label(flags0.get('dataset', '?'))} "
-                          f"{NOISE_NAMES.get(flags0.get('noise'), '')}, {flags0.get('model')}")
+                          f"{NOISE_NAMES.get(flags0.get('noise'), '')}, {model_name(flags0)}")
     save_figure(fig, out_path)
     write_rows(os.path.splitext(out_path)[0] + ".csv", rows)
     return rows
