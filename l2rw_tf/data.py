@@ -99,15 +99,11 @@ def _tfds_cache_path(builder, split):
     files' names, sizes and mtimes. None when the data is not plain local record files."""
     if inspect.getattr_static(type(builder), "as_dataset") is not _REAL_AS_DATASET:
         return None
-    root = pathlib.Path(str(builder.data_dir))
+    root = pathlib.Path(str(builder.data_dir)).resolve()
     records = sorted(p for p in root.glob("*") if "record" in p.name) if root.is_dir() else []
     if not records:
         return None
-    digest = hashlib.sha1(str(root.resolve()).encode())
-    for path in records:
-        st = path.stat()
-        digest.update(f"{path.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    key = f"{builder.name}_{builder.version}_{split}_{digest.hexdigest()[:16]}"
+    key = f"{builder.name}_{builder.version}_{split}_{_files_fingerprint(root, records)}"
     return cache_dir() / f"tfds_{key}.npz"
 
 
@@ -145,17 +141,25 @@ def resolve_folder(path):
                     f"PATH/<split>/<class>/<image> with splits train and test)")
 
 
-def _folder_fingerprint(root):
-    """A digest of every image file's relative path, size and mtime under `root`."""
+def _files_fingerprint(root, paths):
+    """A digest of `root` and each file's path relative to it, size and mtime: the key of a
+    decode cache, which changes whenever the files do."""
     digest = hashlib.sha1(str(root).encode())
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            if name.lower().endswith(IMAGE_SUFFIXES):
-                st = os.stat(os.path.join(dirpath, name))
-                rel = os.path.relpath(os.path.join(dirpath, name), root)
-                digest.update(f"{rel}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    for path in paths:
+        st = os.stat(path)
+        digest.update(f"{os.path.relpath(path, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def _folder_fingerprint(root):
+    """The fingerprint of every image file under `root`."""
+    def images():
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if name.lower().endswith(IMAGE_SUFFIXES):
+                    yield os.path.join(dirpath, name)
+    return _files_fingerprint(root, images())
 
 
 def load_folder(path, split, use_cache=True):
