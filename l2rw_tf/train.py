@@ -98,12 +98,14 @@ def current_learning_rate(optimizer, steps_done):
     return float(optimizer.learning_rate)
 
 
-def hard_mining_weights(model, labels, images):
+def hard_mining_weights(model, labels, images, losses=None):
     """Hard *positive* mining as the original intended (its version ranks a scalar mean loss):
     keep every minority (label 0) example plus the k majority examples with the largest loss,
-    k = max(#minority, 1); uniform weights over the kept examples."""
-    losses = reweight.per_example_loss(labels, reweight.forward(
-        model, reweight.current_params(model), images))
+    k = max(#minority, 1); uniform weights over the kept examples. `losses`: the per-example
+    losses at the current parameters, if already computed."""
+    if losses is None:
+        losses = reweight.per_example_loss(labels, reweight.forward(
+            model, reweight.current_params(model), images))
     is_majority = tf.cast(tf.equal(labels, 1), tf.float32)
     k = tf.maximum(tf.cast(tf.reduce_sum(1.0 - is_majority), tf.int32), 1)
     k = tf.minimum(k, tf.cast(tf.reduce_sum(is_majority), tf.int32))
@@ -161,11 +163,38 @@ def weighted_step_gradients(model, config, rng, noisy, clean):
         for variable, value in zip(model.non_trainable_variables, new_non_trainable):
             variable.assign(value)
         return grads, weights, losses, loss
+    if config.method == "hard_mining" and examples_are_independent(model):
+        return hard_mining_gradients(model, noisy)
     weights = tf.stop_gradient(batch_weights(model, config, rng, noisy, clean))
     with tf.GradientTape() as tape:
         logits = model(noisy["image"], training=True)
         losses = reweight.per_example_loss(noisy["label"], logits)
         loss = tf.reduce_sum(weights * losses)
+        if model.losses:
+            loss += tf.add_n(model.losses)
+    return tape.gradient(loss, model.trainable_variables), weights, losses, loss
+
+
+def examples_are_independent(model):
+    """True when an example's loss does not depend on the rest of its batch: no BatchNorm (or
+    other state) and no dropout. Then a step on a subset equals the step on the whole batch with
+    zero weight outside the subset."""
+    return not model.non_trainable_variables and not any(
+        isinstance(layer, keras.layers.Dropout) for layer in model._flatten_layers())  # noqa: SLF001
+
+
+def hard_mining_gradients(model, noisy):
+    """The hard_mining step on its kept examples only. The pool is 5x the batch (500, as the
+    original) but at most 2·#minority examples carry weight, so the backward pass and a second
+    forward pass run on those alone; the pass that ranks the pool also gives its losses."""
+    images, labels = noisy["image"], noisy["label"]
+    losses = reweight.per_example_loss(labels, model(images, training=True))
+    weights = tf.stop_gradient(hard_mining_weights(model, labels, images, losses))
+    kept = tf.where(weights > 0.0)[:, 0]
+    with tf.GradientTape() as tape:
+        kept_losses = reweight.per_example_loss(
+            tf.gather(labels, kept), model(tf.gather(images, kept), training=True))
+        loss = tf.reduce_sum(tf.gather(weights, kept) * kept_losses)
         if model.losses:
             loss += tf.add_n(model.losses)
     return tape.gradient(loss, model.trainable_variables), weights, losses, loss

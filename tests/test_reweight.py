@@ -256,3 +256,25 @@ def test_per_example_weight_statistics():
     assert rows[2] == {"index": 2, "label": 1, "true_label": 0, "is_noisy": 1, "times_seen": 2,
                        "mean_weight": 1.0, "zero_fraction": 0.0}
     assert rows[0]["mean_weight"] == 3.0 and np.isnan(rows[5]["mean_weight"])
+
+
+def test_hard_mining_step_on_kept_examples_equals_the_masked_pool_step():
+    """hard_mining trains on its kept examples only; on a model without BN or dropout that is the
+    step on the whole pool with zero weight elsewhere (checked against that, computed here)."""
+    model = lenet(1, seed=0)
+    (x, y), _ = batches(n=60, m=4, seed=3)
+    y = tf.cast(tf.where(tf.range(60) % 10 == 0, 0, 1), y.dtype)  # 6 of the minority label 0
+    grads, weights, losses, loss = train.weighted_step_gradients(
+        model, train.StepConfig(method="hard_mining"), tf.random.Generator.from_seed(0),
+        {"image": x, "label": y}, None)
+    assert train.examples_are_independent(model)
+    assert int(tf.reduce_sum(tf.cast(weights > 0, tf.int32))) == 12  # 6 minority + 6 hardest
+    with tf.GradientTape() as tape:
+        expected_losses = reweight.per_example_loss(y, model(x, training=True))
+        expected_loss = tf.reduce_sum(weights * expected_losses)
+    expected = tape.gradient(expected_loss, model.trainable_variables)
+    np.testing.assert_allclose(losses, expected_losses, rtol=1e-5)
+    np.testing.assert_allclose(float(loss), float(expected_loss), rtol=1e-5)
+    for got, want in zip(grads, expected):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
+    assert not train.examples_are_independent(small_bn_model())  # BN: the pool step is kept
