@@ -459,7 +459,7 @@ def test_cpu_dry_run_and_options():
     result = script("--dry_run")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert len(lines) == 60 + 6 + 12 + 2 + 4 and len(set(lines)) == len(lines)
+    assert len(lines) == 60 + 4 + 8 + 2 + 4 and len(set(lines)) == len(lines)
     assert all(line.startswith("python -m l2rw_tf.main --flagfile=configs/")
                and "--logdir=runs/cpu/" in line for line in lines)
     assert all("_cpu.flags" in line for line in lines if "mnist_imbalance" not in line)
@@ -490,14 +490,14 @@ def test_script_runs_every_command_in_order_and_records_them(tmp_path):
                             env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     progress = [line for line in result.stdout.splitlines() if line.startswith("[")]
-    assert progress[0] == ("[1/84] python -m l2rw_tf.main --flagfile=configs/"
+    assert progress[0] == ("[1/78] python -m l2rw_tf.main --flagfile=configs/"
                            "mnist_imbalance.flags --method=l2rw --seed=0 --pos_ratio=0.9 "
                            "--num_steps=400 --eval_interval=100 "
                            "--logdir=runs/cpu/mnist_imbalance/l2rw_p0.9_seed0")
     assert progress[-1] == ("[plots] python -m l2rw_tf.plots --runs=runs/cpu --out=results/cpu "
                             "--scale=cpu")
     calls = (tmp_path / "calls.txt").read_text().splitlines()
-    assert len(calls) == 85
+    assert len(calls) == 79
     # The flagfile's clean batch of 100 is cut to the 10-image clean set of 1 per class.
     assert any("--clean_per_class=1 --clean_batch_size=10 " in call for call in calls)
     assert (checkout / "runs/cpu/mnist_imbalance/l2rw_p0.9_seed0.log").read_text() == "trained\n"
