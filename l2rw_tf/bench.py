@@ -37,8 +37,9 @@ def define_flags():
                       "Models to benchmark (see BENCH_MODELS).")
     flags.DEFINE_integer("batch_size", 100, "Noisy batch size n.")
     flags.DEFINE_list("clean_batch_sizes", ["10", "100"], "Clean batch sizes m.")
-    flags.DEFINE_list("meta_grads", ["lookahead", "jvp"], "Meta-gradient methods to time (jvp also "
-                      "adds l2rw_jvp_unfused: the JVP in a pass of its own).")
+    flags.DEFINE_list("meta_grads", ["lookahead", "jvp", "layerwise"], "Meta-gradient methods to "
+                      "time (jvp also adds l2rw_jvp_unfused: the JVP in a pass of its own; "
+                      "layerwise is skipped on models it does not apply to).")
     flags.DEFINE_integer("rounds", 15, "Timing rounds (the median is reported).")
     flags.DEFINE_integer("steps", 10, "Steps per variant per round.")
     flags.DEFINE_bool("memory", True, "Measure peak memory of every variant (one subprocess each).")
@@ -57,6 +58,7 @@ BENCH_MODELS = {
     "resnet32": ("resnet32", {}, (32, 32, 3), 10),
     "wrn28_2": ("resnet", {"units": 4, "width": 2.0, "dropout": 0.3}, (32, 32, 3), 10),
     "wrn28_10": ("wrn28_10", {}, (32, 32, 3), 10),
+    "resnet8_half": ("resnet", {"units": 1, "width": 0.5}, (32, 32, 3), 10),  # CIFAR CPU configs
 }
 
 
@@ -136,7 +138,7 @@ def _rss_mb(field):
 def memory_probe(model_name, n, m, variant, steps=5):
     """Peak RSS of `steps` steps of one variant, in this (fresh) process."""
     make_model, noisy, clean = build(model_name, n, m)
-    _, step = make_step(make_model, step_configs(["lookahead", "jvp"])[variant])
+    _, step = make_step(make_model, step_configs(["lookahead", "jvp", "layerwise"])[variant])
     step.get_concrete_function(noisy, clean)  # trace only
     try:  # reset the peak-RSS mark to the current RSS (Linux >= 4.0)
         with open("/proc/self/clear_refs", "w") as f:
@@ -163,10 +165,23 @@ def measure_memory(model_name, n, m, variants):
     return result
 
 
+def applicable(make_model, meta_grads):
+    """The methods of `meta_grads` that apply to the model (layerwise: BN/dropout-free chains)."""
+    from l2rw_tf import reweight
+    if "layerwise" not in meta_grads:
+        return list(meta_grads)
+    try:
+        reweight.layerwise_layers(make_model())
+        return list(meta_grads)
+    except ValueError:
+        return [g for g in meta_grads if g != "layerwise"]
+
+
 def bench_model(model_name, n, clean_sizes, meta_grads, rounds, steps, memory=False):
     rows = []
     for m in clean_sizes:
         make_model, noisy, clean = build(model_name, n, m)
+        meta_grads = applicable(make_model, meta_grads)
         variants = step_configs(meta_grads)
         step_fns = {name: make_step(make_model, config)[1] for name, config in variants.items()}
         ms = time_variants(step_fns, noisy, clean, rounds, steps)
@@ -195,13 +210,14 @@ def machine():
 
 
 def format_table(rows):
-    variants = list(rows[0]["ms_per_step"])
+    variants = list(dict.fromkeys(v for r in rows for v in r["ms_per_step"]))
     header = (f"{'model':<10}{'n':>5}{'m':>5}  " + "".join(f"{v:>22}" for v in variants)
               + "   weights rel. err")
     lines = [header, "-" * len(header)]
     for r in rows:
         cells = "".join(
-            f"{r['ms_per_step'][v]:>9.2f} ms ({r['ratio_to_baseline'][v]:4.2f}x)" for v in variants)
+            f"{r['ms_per_step'][v]:>9.2f} ms ({r['ratio_to_baseline'][v]:4.2f}x)"
+            if v in r["ms_per_step"] else f"{'-':>22}" for v in variants)
         err = max(r["weights_relative_error"].values())
         lines.append(f"{r['model']:<10}{r['n']:>5}{r['m']:>5}  {cells}   {err:.1e}")
     if all("memory" in r for r in rows):
@@ -210,7 +226,8 @@ def format_table(rows):
         for r in rows:
             cells = "".join(
                 f"{r['memory'][v]['step_mb']:>7.0f} ({r['step_memory_ratio'][v]:4.2f}x) "
-                f"[{r['memory'][v]['peak_mb']:5.0f}]" for v in variants)
+                f"[{r['memory'][v]['peak_mb']:5.0f}]" if v in r["memory"] else f"{'-':>22}"
+                for v in variants)
             lines.append(f"{r['model']:<10}{r['n']:>5}{r['m']:>5}  {cells}")
     return "\n".join(lines)
 

@@ -37,7 +37,9 @@ flags.DEFINE_string("method", "l2rw", "Weighting method: l2rw, baseline, random,
                     "imbalance only: ratio, hard_mining; noisy only: clean_only, finetune, "
                     "weighted (BackgroundFlip).")
 flags.DEFINE_string("meta_grad", "jvp", "How L2RW gets its meta-gradient: jvp (forward-mode "
-                    "identity at eps=0) or lookahead (Algorithm 1, nested tapes).")
+                    "identity at eps=0), lookahead (Algorithm 1, nested tapes) or layerwise "
+                    "(per-layer inner products, the fastest; models without BatchNorm or "
+                    "dropout whose layers form a chain, e.g. lenet, mlp).")
 flags.DEFINE_integer("seed", 0, "Random seed of data construction, initialisation and batches.")
 flags.DEFINE_integer("num_steps", None, "Training steps (default: imbalance 8000; noisy: 60000 "
                      "for wrn28_10, 80000 for the other ResNets, 4000 for lenet). The original "
@@ -356,7 +358,7 @@ def finetune_source(run_dir):
 
 def build_experiment():
     """Data, model, optimizer and input pipelines from the flags."""
-    from l2rw_tf import data, models, noise, train
+    from l2rw_tf import data, models, noise, reweight, train
     f = FLAGS
     if f.task == "imbalance":
         uses_clean = f.method in train.USES_CLEAN_SET
@@ -396,6 +398,12 @@ def build_experiment():
     model = models.build_model(f.model, experiment.num_classes, experiment.input_shape,
                                seed=f.seed, weight_decay=f.weight_decay, dropout=f.dropout,
                                bn_momentum=f.bn_momentum, units=f.units, width=f.width)
+    if f.method == "l2rw" and f.meta_grad == "layerwise":
+        try:
+            reweight.layerwise_layers(model)
+        except ValueError as e:
+            raise UsageError(f"--meta_grad=layerwise does not apply to --model={f.model}: "
+                             f"{e}; use --meta_grad=jvp") from None
     if f.method == "finetune":
         lr = f.finetune_lr
     else:

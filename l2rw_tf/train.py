@@ -66,7 +66,7 @@ class StepConfig:
     seed: int = 0
     background_class: int = -1       # for `weighted`: the BackgroundFlip class ...
     background_weight: float = 1.0   # ... and its weight before normalisation
-    fused: bool = True               # l2rw/jvp: one noisy forward pass for weights and step
+    fused: bool = True               # l2rw/jvp, layerwise: one noisy pass for weights and step
 
 
 def learning_rate(lr, boundaries=None, values=None):
@@ -163,6 +163,10 @@ def weighted_step_gradients(model, config, rng, noisy, clean):
         for variable, value in zip(model.non_trainable_variables, new_non_trainable):
             variable.assign(value)
         return grads, weights, losses, loss
+    if config.method == "l2rw" and config.meta_grad == "layerwise" and config.fused:
+        return reweight.layerwise_l2rw_gradients(
+            model, (noisy["image"], noisy["label"]), (clean["image"], clean["label"]),
+            config.clean_weight_decay)
     if config.method == "hard_mining" and examples_are_independent(model):
         return hard_mining_gradients(model, noisy)
     weights = tf.stop_gradient(batch_weights(model, config, rng, noisy, clean))

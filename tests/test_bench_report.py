@@ -7,15 +7,21 @@ from l2rw_tf import bench, report
 
 
 def test_bench_rows_have_every_variant_and_agreeing_weights():
-    rows = bench.bench_model("lenet", 8, [4], ["lookahead", "jvp"], rounds=1, steps=1)
+    rows = bench.bench_model("lenet", 8, [4], ["lookahead", "jvp", "layerwise"], rounds=1,
+                             steps=1)
     (row,) = rows
     assert set(row["ms_per_step"]) == {"baseline", "l2rw_lookahead", "l2rw_jvp",
-                                       "l2rw_jvp_unfused"}
+                                       "l2rw_jvp_unfused", "l2rw_layerwise"}
     assert all(ms > 0 for ms in row["ms_per_step"].values())
     assert row["ratio_to_baseline"]["baseline"] == 1.0
+    assert set(row["weights_relative_error"]) == {"lookahead", "jvp", "layerwise"}
     assert max(row["weights_relative_error"].values()) <= 1e-4
+    # A model with BatchNorm skips layerwise; the table marks the missing cell.
+    rows += bench.bench_model("resnet8_half", 8, [4], ["jvp", "layerwise"], rounds=1, steps=1)
+    assert "l2rw_layerwise" not in rows[1]["ms_per_step"]
     table = bench.format_table(rows)
-    assert "lenet" in table and "l2rw_jvp_unfused" in table
+    assert "lenet" in table and "l2rw_layerwise" in table
+    assert table.splitlines()[-1].split().count("-") == 2  # lookahead (not asked), layerwise
 
 
 def write_run(root, name, flags, result):

@@ -30,6 +30,8 @@ def cli(*args, **kwargs):
     (["--nval=100"], "minority training images"),  # more 4s asked for than the budget has
     (["--num_steps=abc"], "num_steps"),
     (["--data_dir=/nonexistent/tfds"], "cannot load tfds dataset 'mnist'"),
+    (["--meta_grad=layerwise", "--model=resnet", "--units=1"],
+     "--meta_grad=layerwise does not apply to --model=resnet: it has non-trainable state"),
 ])
 def test_bad_input_is_a_one_line_error(tmp_path, args, message):
     with pytest.raises((main.UsageError, flags.Error)) as info:

@@ -48,9 +48,12 @@ def test_methods_agree_on_lenet(lenet_model):
     b = reweight.lookahead_alignment(lenet_model, noisy, clean)
     assert np.max(np.abs(b)) > 0  # a degenerate all-zero comparison would prove nothing
     assert relative_error(a, b) <= 1e-4
+    c = reweight.layerwise_alignment(lenet_model, noisy, clean)
+    assert relative_error(c, b) <= 1e-4
     wa = reweight.example_weights(lenet_model, noisy, clean, "jvp")
     wb = reweight.example_weights(lenet_model, noisy, clean, "lookahead")
-    assert relative_error(wa, wb) <= 1e-4
+    wc = reweight.example_weights(lenet_model, noisy, clean, "layerwise")
+    assert relative_error(wa, wb) <= 1e-4 and relative_error(wc, wb) <= 1e-4
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.5])
@@ -99,7 +102,10 @@ def test_alignment_matches_finite_differences(model_name):
             plus = lookahead_clean_loss(model, tf.constant(e), noisy, clean)
             minus = lookahead_clean_loss(model, tf.constant(-e), noisy, clean)
             finite_diff.append(-(plus - minus) / (2 * h))  # −∂l_g/∂ε_i
-        for method in (reweight.lookahead_alignment, reweight.jvp_alignment):
+        methods = [reweight.lookahead_alignment, reweight.jvp_alignment]
+        if model_name == "lenet":
+            methods.append(reweight.layerwise_alignment)
+        for method in methods:
             assert relative_error(method(model, noisy, clean), finite_diff) <= 1e-4
     finally:
         keras.config.set_dtype_policy("float32")
@@ -135,8 +141,12 @@ def test_weights_sum_to_one_and_are_constant(lenet_model):
 
 @pytest.mark.parametrize("method", reweight.META_GRADIENTS)
 def test_meta_passes_change_no_variable(method):
-    model = small_bn_model(dropout=0.5, weight_decay=1e-3)
-    noisy, clean = batches(n=16, m=6, shape=(8, 8, 2), classes=3)
+    if method == "layerwise":  # BN-free models only
+        model = mlp_with_weight_decay()
+        noisy, clean = batches(n=16, m=6, shape=(6, 6, 1), classes=3)
+    else:
+        model = small_bn_model(dropout=0.5, weight_decay=1e-3)
+        noisy, clean = batches(n=16, m=6, shape=(8, 8, 2), classes=3)
     model(noisy[0], training=True)  # move BN statistics away from their initial values
     before = [v.numpy().copy() for v in model.variables]
     w = reweight.example_weights(model, noisy, clean, method, include_regularization=True)
@@ -187,12 +197,15 @@ def test_clean_regularization_is_in_the_meta_loss():
     assert relative_error(lookahead, expected) <= 1e-4
 
 
-@pytest.mark.parametrize("method", ["l2rw", "baseline", "random", "ratio", "hard_mining"])
+@pytest.mark.parametrize("method", ["l2rw", "l2rw_layerwise", "baseline", "random", "ratio",
+                                    "hard_mining"])
 def test_train_step_traces_once(method):
     model = lenet(1, seed=0)
     optimizer = train.TF1Momentum(1e-3)
+    config = (train.StepConfig(method="l2rw", meta_grad="layerwise")
+              if method == "l2rw_layerwise" else train.StepConfig(method=method))
     step, stats, _, traces = train.make_train_step(
-        model, optimizer, train.StepConfig(method=method), tf.random.Generator.from_seed(0))
+        model, optimizer, config, tf.random.Generator.from_seed(0))
     for seed in range(4):
         (x, y), (xc, yc) = batches(n=8, m=4, seed=seed)
         step({"image": x, "label": y, "is_noisy": tf.zeros([8], tf.bool)},
@@ -278,3 +291,45 @@ def test_hard_mining_step_on_kept_examples_equals_the_masked_pool_step():
     for got, want in zip(grads, expected):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
     assert not train.examples_are_independent(small_bn_model())  # BN: the pool step is kept
+
+
+def mlp_with_weight_decay():
+    """A Dense chain with biases, 3 classes and a kernel regulariser: the layerwise method's other
+    layer type, its multi-class loss and its regularisation term."""
+    inputs = keras.Input((6, 6, 1))
+    x = keras.layers.Flatten()(inputs)
+    x = keras.layers.Dense(7, activation="tanh", kernel_regularizer=keras.regularizers.L2(1e-2),
+                           kernel_initializer=keras.initializers.GlorotNormal(seed=4),
+                           bias_initializer=keras.initializers.RandomNormal(seed=5))(x)
+    outputs = keras.layers.Dense(3, kernel_initializer=keras.initializers.GlorotNormal(seed=6))(x)
+    return keras.Model(inputs, outputs)
+
+
+@pytest.mark.parametrize("model_name", ["lenet", "mlp"])
+def test_layerwise_step_equals_jvp_step(model_name):
+    """The layerwise L2RW step (weights and weighted gradient from one forward and one backward
+    pass) gives the fused jvp step's weights, losses and gradients, regularisation included."""
+    if model_name == "lenet":
+        model = lenet(1, seed=1)
+        noisy, clean = batches(n=20, m=6, seed=4)
+    else:
+        model = mlp_with_weight_decay()
+        noisy, clean = batches(n=20, m=6, shape=(6, 6, 1), classes=3, seed=4)
+    want = reweight.fused_l2rw_gradients(model, noisy, clean, include_regularization=True)
+    got = reweight.layerwise_l2rw_gradients(model, noisy, clean, include_regularization=True)
+    assert float(tf.reduce_sum(tf.cast(got[1] > 0, tf.int32))) >= 2  # some weights are non-zero
+    for name, a, b in zip(("weights", "losses", "loss"), got[1:4], want[1:4]):
+        assert relative_error(a, b) <= 1e-5, name
+    for a, b in zip(got[0], want[0]):
+        assert relative_error(a, b) <= 1e-4
+
+
+def test_layerwise_refuses_models_it_does_not_apply_to():
+    with pytest.raises(ValueError, match="BatchNorm"):
+        reweight.layerwise_layers(small_bn_model())
+    inputs = keras.Input((4,))
+    branch = keras.layers.Dense(3)(inputs)
+    outputs = keras.layers.Dense(2)(keras.layers.Concatenate()([inputs, branch]))
+    with pytest.raises(ValueError, match="chain"):
+        reweight.layerwise_layers(keras.Model(inputs, outputs))
+    assert len(reweight.layerwise_layers(lenet(1, seed=0))) == 12
