@@ -118,16 +118,23 @@ def jvp_alignment(model, noisy_batch, clean_batch, include_regularization=False)
 PARAMETER_LAYERS = (keras.layers.Dense, keras.layers.Conv2D)
 
 
+def examples_are_independent(model):
+    """True when an example's loss does not depend on the rest of its batch: no BatchNorm (or
+    other state) and no dropout. Then a step on a subset equals the step on the whole batch with
+    zero weight outside the subset, and one backward pass of Σ_i C_i holds every example's own
+    gradient signal."""
+    return not model.non_trainable_variables and not any(
+        isinstance(layer, keras.layers.Dropout) for layer in model._flatten_layers())  # noqa: SLF001
+
+
 def layerwise_layers(model):
     """The layers of `model` in order, if `layerwise` applies to it; otherwise a ValueError saying
     why. It needs each layer to feed the next (a chain), weights only in Dense / Conv2D layers
     (2-D inputs for Dense), and no BatchNorm or dropout (they couple or perturb examples)."""
     chain = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     why = None
-    if model.non_trainable_variables:
-        why = "it has non-trainable state (BatchNorm)"
-    elif any(isinstance(layer, keras.layers.Dropout) for layer in chain):
-        why = "it has dropout"
+    if not examples_are_independent(model):
+        why = "it has non-trainable state (BatchNorm) or dropout"
     elif any(layer.trainable_weights and not isinstance(layer, PARAMETER_LAYERS)
              for layer in chain):
         why = "it has weights outside Dense / Conv2D layers"

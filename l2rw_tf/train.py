@@ -167,7 +167,7 @@ def weighted_step_gradients(model, config, rng, noisy, clean):
         return reweight.layerwise_l2rw_gradients(
             model, (noisy["image"], noisy["label"]), (clean["image"], clean["label"]),
             config.clean_weight_decay)
-    if config.method == "hard_mining" and examples_are_independent(model):
+    if config.method == "hard_mining" and reweight.examples_are_independent(model):
         return hard_mining_gradients(model, noisy)
     weights = tf.stop_gradient(batch_weights(model, config, rng, noisy, clean))
     with tf.GradientTape() as tape:
@@ -177,14 +177,6 @@ def weighted_step_gradients(model, config, rng, noisy, clean):
         if model.losses:
             loss += tf.add_n(model.losses)
     return tape.gradient(loss, model.trainable_variables), weights, losses, loss
-
-
-def examples_are_independent(model):
-    """True when an example's loss does not depend on the rest of its batch: no BatchNorm (or
-    other state) and no dropout. Then a step on a subset equals the step on the whole batch with
-    zero weight outside the subset."""
-    return not model.non_trainable_variables and not any(
-        isinstance(layer, keras.layers.Dropout) for layer in model._flatten_layers())  # noqa: SLF001
 
 
 def hard_mining_gradients(model, noisy):

@@ -280,7 +280,7 @@ def test_hard_mining_step_on_kept_examples_equals_the_masked_pool_step():
     grads, weights, losses, loss = train.weighted_step_gradients(
         model, train.StepConfig(method="hard_mining"), tf.random.Generator.from_seed(0),
         {"image": x, "label": y}, None)
-    assert train.examples_are_independent(model)
+    assert reweight.examples_are_independent(model)
     assert int(tf.reduce_sum(tf.cast(weights > 0, tf.int32))) == 12  # 6 minority + 6 hardest
     with tf.GradientTape() as tape:
         expected_losses = reweight.per_example_loss(y, model(x, training=True))
@@ -290,7 +290,7 @@ def test_hard_mining_step_on_kept_examples_equals_the_masked_pool_step():
     np.testing.assert_allclose(float(loss), float(expected_loss), rtol=1e-5)
     for got, want in zip(grads, expected):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
-    assert not train.examples_are_independent(small_bn_model())  # BN: the pool step is kept
+    assert not reweight.examples_are_independent(small_bn_model())  # BN: the pool step is kept
 
 
 def mlp_with_weight_decay():
