@@ -38,8 +38,8 @@ def define_flags():
     flags.DEFINE_integer("batch_size", 100, "Noisy batch size n.")
     flags.DEFINE_list("clean_batch_sizes", ["10", "100"], "Clean batch sizes m.")
     flags.DEFINE_list("meta_grads", ["lookahead", "jvp", "layerwise"], "Meta-gradient methods to "
-                      "time (jvp also adds l2rw_jvp_unfused: the JVP in a pass of its own; "
-                      "layerwise is skipped on models it does not apply to).")
+                      "time (jvp and lookahead also add l2rw_*_unfused: the meta-gradient in a "
+                      "pass of its own; layerwise is skipped on models it does not apply to).")
     flags.DEFINE_integer("rounds", 15, "Timing rounds (the median is reported).")
     flags.DEFINE_integer("steps", 10, "Steps per variant per round.")
     flags.DEFINE_bool("memory", True, "Measure peak memory of every variant (one subprocess each).")
@@ -77,9 +77,10 @@ def step_configs(meta_grads):
     variants = {"baseline": train.StepConfig(method="baseline")}
     for g in meta_grads:
         variants[f"l2rw_{g}"] = train.StepConfig(method="l2rw", meta_grad=g)
-    if "jvp" in meta_grads:  # the JVP in a pass of its own, before the weighted step
-        variants["l2rw_jvp_unfused"] = train.StepConfig(method="l2rw", meta_grad="jvp",
-                                                        fused=False)
+    for g in meta_grads:  # the meta-gradient in a pass of its own, before the weighted step
+        if g in train.FUSED_STEPS:
+            variants[f"l2rw_{g}_unfused"] = train.StepConfig(method="l2rw", meta_grad=g,
+                                                             fused=False)
     return variants
 
 

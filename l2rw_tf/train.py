@@ -66,7 +66,7 @@ class StepConfig:
     seed: int = 0
     background_class: int = -1       # for `weighted`: the BackgroundFlip class ...
     background_weight: float = 1.0   # ... and its weight before normalisation
-    fused: bool = True               # l2rw/jvp, layerwise: one noisy pass for weights and step
+    fused: bool = True               # l2rw: one noisy forward pass for weights and step
 
 
 def learning_rate(lr, boundaries=None, values=None):
@@ -152,12 +152,18 @@ def batch_weights(model, config, rng, noisy, clean):
     return uniform  # baseline, resample, clean_only, finetune (their data differs)
 
 
+# The L2RW steps whose meta-gradient and weighted step share one noisy forward pass
+# (layerwise always does; see below).
+FUSED_STEPS = {"jvp": reweight.fused_l2rw_gradients,
+               "lookahead": reweight.fused_lookahead_gradients}
+
+
 def weighted_step_gradients(model, config, rng, noisy, clean):
     """(gradients, example weights, per-example losses, total loss) of one step of
     `config.method`. The real step's forward pass updates BatchNorm moving statistics."""
-    if config.method == "l2rw" and config.meta_grad == "jvp" and config.fused:
-        # One noisy forward pass serves both the JVP (the weights) and the weighted step.
-        grads, weights, losses, loss, new_non_trainable = reweight.fused_l2rw_gradients(
+    if config.method == "l2rw" and config.meta_grad in FUSED_STEPS and config.fused:
+        # One noisy forward pass serves both the meta-gradient (the weights) and the weighted step.
+        grads, weights, losses, loss, new_non_trainable = FUSED_STEPS[config.meta_grad](
             model, (noisy["image"], noisy["label"]), (clean["image"], clean["label"]),
             config.clean_weight_decay)
         for variable, value in zip(model.non_trainable_variables, new_non_trainable):

@@ -11,7 +11,8 @@ def test_bench_rows_have_every_variant_and_agreeing_weights():
                              steps=1)
     (row,) = rows
     assert set(row["ms_per_step"]) == {"baseline", "l2rw_lookahead", "l2rw_jvp",
-                                       "l2rw_jvp_unfused", "l2rw_layerwise"}
+                                       "l2rw_jvp_unfused", "l2rw_lookahead_unfused",
+                                       "l2rw_layerwise"}
     assert all(ms > 0 for ms in row["ms_per_step"].values())
     assert row["ratio_to_baseline"]["baseline"] == 1.0
     assert set(row["weights_relative_error"]) == {"lookahead", "jvp", "layerwise"}

@@ -226,16 +226,19 @@ def test_tf1_momentum_matches_its_formula():
         np.testing.assert_allclose(var.numpy(), theta, rtol=1e-6)
 
 
+@pytest.mark.parametrize("meta_grad", ["jvp", "lookahead"])
 @pytest.mark.parametrize("dropout", [0.0, 0.5])
-def test_fused_step_equals_separate_weights_then_step(dropout):
-    """The fused L2RW step (one noisy forward pass for the JVP and the weighted step) lands on the
-    same parameters and BN moving statistics as `example_weights` followed by a weighted step."""
+def test_fused_step_equals_separate_weights_then_step(dropout, meta_grad):
+    """The fused L2RW step (one noisy forward pass for the meta-gradient and the weighted step)
+    lands on the same parameters and BN moving statistics as `example_weights` followed by a
+    weighted step."""
     results = []
     for fused in (True, False):
         keras.utils.set_random_seed(0)
         model = small_bn_model(dropout=dropout, weight_decay=1e-2)
         step, stats, _, _ = train.make_train_step(
-            model, train.TF1Momentum(0.1), train.StepConfig(method="l2rw", fused=fused),
+            model, train.TF1Momentum(0.1),
+            train.StepConfig(method="l2rw", meta_grad=meta_grad, fused=fused),
             tf.random.Generator.from_seed(0))
         for seed in range(3):
             (x, y), (xc, yc) = batches(n=16, m=6, shape=(8, 8, 2), classes=3, seed=seed)
