@@ -14,6 +14,7 @@ import hashlib
 import inspect
 import os
 import pathlib
+import tempfile
 
 import numpy as np
 import tensorflow as tf
@@ -108,11 +109,14 @@ def _tfds_cache_path(builder, split):
 
 
 def _save_npz(path, **arrays):
-    """Writes arrays to `path` atomically (a crash never leaves a half-written cache)."""
+    """Writes arrays to `path` atomically (a crash never leaves a half-written cache). The
+    temporary file's name is unique, so runs started together that decode the same data do not
+    move each other's file away."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
-    os.replace(tmp, path)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.stem + ".",
+                                     suffix=".tmp.npz", delete=False) as tmp:
+        np.savez(tmp, **arrays)
+    os.replace(tmp.name, path)
 
 
 TFDS_DATASETS = ("mnist", "cifar10", "cifar100")

@@ -93,3 +93,22 @@ def test_tfds_decode_cache_serves_real_data_only(tmp_path, monkeypatch):
         fake_images, _ = data.load_tfds("mnist", "test")
     assert len(fake_images) == 7
     assert sorted((tmp_path / "cache").iterdir()) == cached
+
+
+def test_cache_writes_started_together_do_not_clash(tmp_path, monkeypatch):
+    """Two runs decoding the same data write the same cache file; the second finishing while the
+    first is still writing must not take the first's temporary file away (it once did)."""
+    target = tmp_path / "cache" / "arrays.npz"
+    real_savez = np.savez
+    nested = []
+
+    def savez_with_a_second_writer(file, **arrays):
+        real_savez(file, **arrays)
+        if not nested:  # before this write is moved into place, another writer saves the path
+            nested.append(True)
+            data._save_npz(target, x=np.arange(3))
+
+    monkeypatch.setattr(np, "savez", savez_with_a_second_writer)
+    data._save_npz(target, x=np.arange(3))
+    np.testing.assert_array_equal(np.load(target)["x"], np.arange(3))
+    assert [p.name for p in target.parent.iterdir()] == ["arrays.npz"]  # no temporary files left
