@@ -212,13 +212,14 @@ def machine():
 
 def format_table(rows):
     variants = list(dict.fromkeys(v for r in rows for v in r["ms_per_step"]))
-    header = (f"{'model':<10}{'n':>5}{'m':>5}  " + "".join(f"{v:>22}" for v in variants)
+    width = max(22, *(len(v) + 2 for v in variants))
+    header = (f"{'model':<10}{'n':>5}{'m':>5}  " + "".join(v.rjust(width) for v in variants)
               + "   weights rel. err")
     lines = [header, "-" * len(header)]
     for r in rows:
         cells = "".join(
-            f"{r['ms_per_step'][v]:>9.2f} ms ({r['ratio_to_baseline'][v]:4.2f}x)"
-            if v in r["ms_per_step"] else f"{'-':>22}" for v in variants)
+            (f"{r['ms_per_step'][v]:.2f} ms ({r['ratio_to_baseline'][v]:4.2f}x)"
+             if v in r["ms_per_step"] else "-").rjust(width) for v in variants)
         err = max(r["weights_relative_error"].values())
         lines.append(f"{r['model']:<10}{r['n']:>5}{r['m']:>5}  {cells}   {err:.1e}")
     if all("memory" in r for r in rows):
@@ -226,8 +227,8 @@ def format_table(rows):
                   "(ratio to baseline); [peak RSS MB]", "-" * len(header)]
         for r in rows:
             cells = "".join(
-                f"{r['memory'][v]['step_mb']:>7.0f} ({r['step_memory_ratio'][v]:4.2f}x) "
-                f"[{r['memory'][v]['peak_mb']:5.0f}]" if v in r["memory"] else f"{'-':>22}"
+                (f"{r['memory'][v]['step_mb']:.0f} ({r['step_memory_ratio'][v]:4.2f}x) "
+                 f"[{r['memory'][v]['peak_mb']:5.0f}]" if v in r["memory"] else "-").rjust(width)
                 for v in variants)
             lines.append(f"{r['model']:<10}{r['n']:>5}{r['m']:>5}  {cells}")
     return "\n".join(lines)

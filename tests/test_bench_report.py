@@ -22,7 +22,8 @@ def test_bench_rows_have_every_variant_and_agreeing_weights():
     assert "l2rw_layerwise" not in rows[1]["ms_per_step"]
     table = bench.format_table(rows)
     assert "lenet" in table and "l2rw_layerwise" in table
-    assert table.splitlines()[-1].split().count("-") == 2  # lookahead (not asked), layerwise
+    # lookahead and its unfused twin (not asked), layerwise (not applicable)
+    assert table.splitlines()[-1].split().count("-") == 3
 
 
 def write_run(root, name, flags, result):
