@@ -104,12 +104,21 @@ def clean_gradient(model, params, clean_batch, include_regularization=False):
     return tape.gradient(meta_loss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
+def after(tensors, x):
+    """`x`, available only once `tensors` are computed. Without it, graph execution may run the
+    noisy pass side by side with the clean one (they are independent until they meet) and hold
+    both passes' activations at once."""
+    with tf.control_dependencies(tensors):
+        return tf.identity(x)
+
+
 def jvp_alignment(model, noisy_batch, clean_batch, include_regularization=False):
     """⟨∇θ C_i, ∇θ l_g⟩ for every i at once: the JVP of the loss vector along the clean gradient.
     Equal to −∂l_g/∂ε_i at ε = 0 with α = 1 (the look-ahead's step size)."""
     x, y = noisy_batch
     params = current_params(model)
     direction = clean_gradient(model, params, clean_batch, include_regularization)
+    x = after(direction, x)
     with tf.autodiff.ForwardAccumulator(params, direction) as acc:
         losses = per_example_loss(y, forward(model, params, x))
     return acc.jvp(losses, unconnected_gradients=tf.UnconnectedGradients.ZERO)
@@ -155,6 +164,7 @@ def _layerwise_pass(model, noisy_batch, direction):
     per-example losses, the alignments ⟨∇θ C_i, direction⟩ and, per parameter layer,
     (layer, input a, output gradients δ) for the weighted gradient."""
     x, y = noisy_batch
+    x = after(direction, x)
     position = {id(v): i for i, v in enumerate(model.trainable_variables)}
     records = []  # (layer, input, pre-activation output)
     with tf.GradientTape() as tape:
@@ -294,6 +304,7 @@ def fused_l2rw_gradients(model, noisy_batch, clean_batch, include_regularization
     x, y = noisy_batch
     params = current_params(model)
     direction = clean_gradient(model, params, clean_batch, include_regularization)
+    x = after(direction, x)
     non_trainable = [v.value for v in model.non_trainable_variables]
     with tf.GradientTape() as tape:
         tape.watch(params)

@@ -176,8 +176,11 @@ def weighted_step_gradients(model, config, rng, noisy, clean):
     if config.method == "hard_mining" and reweight.examples_are_independent(model):
         return hard_mining_gradients(model, noisy)
     weights = tf.stop_gradient(batch_weights(model, config, rng, noisy, clean))
+    # The step's forward pass starts once the weights exist: run side by side with the L2RW
+    # meta passes, it would hold both passes' activations at once (twice the memory).
+    images = reweight.after([weights], noisy["image"])
     with tf.GradientTape() as tape:
-        logits = model(noisy["image"], training=True)
+        logits = model(images, training=True)
         losses = reweight.per_example_loss(noisy["label"], logits)
         loss = tf.reduce_sum(weights * losses)
         if model.losses:

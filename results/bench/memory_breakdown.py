@@ -1,0 +1,65 @@
+"""Where the fused jvp step's memory goes on ResNet-32 (batch 100, clean batch 10).
+
+    python results/bench/memory_breakdown.py > results/bench/memory_breakdown.txt
+
+Each pass runs in a fresh process (like `l2rw_tf.bench`'s memory probes): traced first, the
+peak-RSS mark reset, then three calls; the figure is peak RSS minus RSS before them, in MB.
+- forward: the training-mode forward pass alone;
+- forward+backward: the forward under a GradientTape and the gradient (the baseline step's work);
+- forward-mode: the forward under a ForwardAccumulator and the JVP of the losses (the weights);
+- fused jvp: `reweight.fused_l2rw_gradients`, the default L2RW step on BN models.
+"""
+import os
+import subprocess
+import sys
+
+PASSES = ("forward", "forward+backward", "forward-mode", "fused jvp")
+
+
+def probe(name):
+    import tensorflow as tf
+    from l2rw_tf import bench, reweight
+    make_model, noisy, clean = bench.build("resnet32", 100, 10)
+    model = make_model()
+    x, y = noisy["image"], noisy["label"]
+
+    @tf.function
+    def run():
+        params = reweight.current_params(model)
+        state = [v.value for v in model.non_trainable_variables]
+        if name == "forward":
+            return tf.reduce_sum(model.stateless_call(params, state, x, training=True)[0])
+        if name == "forward+backward":
+            with tf.GradientTape() as tape:
+                tape.watch(params)
+                logits, _ = model.stateless_call(params, state, x, training=True)
+                loss = tf.reduce_sum(reweight.per_example_loss(y, logits))
+            return tf.add_n([tf.reduce_sum(g) for g in tape.gradient(loss, params)])
+        if name == "forward-mode":
+            direction = [1e-3 * tf.ones_like(p) for p in params]
+            with tf.autodiff.ForwardAccumulator(params, direction) as acc:
+                logits, _ = model.stateless_call(params, state, x, training=True)
+                losses = reweight.per_example_loss(y, logits)
+            return tf.reduce_sum(acc.jvp(losses))
+        grads = reweight.fused_l2rw_gradients(model, (x, y), (clean["image"], clean["label"]))[0]
+        return tf.add_n([tf.reduce_sum(g) for g in grads])
+
+    run.get_concrete_function()
+    with open("/proc/self/clear_refs", "w") as f:  # reset the peak-RSS mark (Linux)
+        f.write("5")
+    rest = bench._rss_mb("VmRSS")  # noqa: SLF001
+    for _ in range(3):
+        run()
+    return bench._rss_mb("VmHWM") - rest  # noqa: SLF001
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1:
+        print(f"{probe(sys.argv[1]):.0f}")
+    else:
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        print("ResNet-32, batch 100 (clean batch 10): peak RSS during 3 calls minus RSS before, MB")
+        for name in PASSES:
+            out = subprocess.run([sys.executable, __file__, name], capture_output=True, text=True,
+                                 check=True, env=env).stdout.split()[-1]
+            print(f"{name:>18}  {out}")
