@@ -78,22 +78,36 @@ def current_params(model):
     return [tf.identity(v.value) for v in model.trainable_variables]
 
 
-def lookahead_alignment(model, noisy_batch, clean_batch, include_regularization=False,
-                        step_size=1.0):
-    """−∂l_g(θ̂(ε))/∂ε at ε = 0, by differentiating through the look-ahead step (Algorithm 1)."""
+def _lookahead(model, noisy_batch, clean_batch, include_regularization, step_size,
+               keep_tape=False):
+    """Algorithm 1 at ε = 0: −∂l_g(θ̂(ε))/∂ε through the look-ahead θ̂ = θ − α∇θ Σ ε_i C_i.
+    Returns (alignment, inner tape (persistent if `keep_tape`), params, per-example losses,
+    regularisation loss, updated non-trainable values) so that the real step can reuse the pass."""
     x, y = noisy_batch
     params = current_params(model)
+    non_trainable = [v.value for v in model.non_trainable_variables]
     eps = tf.zeros(tf.shape(y)[:1], dtype=params[0].dtype)
     with tf.GradientTape() as outer:
         outer.watch(eps)
-        with tf.GradientTape() as inner:
+        with tf.GradientTape(persistent=keep_tape) as inner:
             inner.watch(params)
-            noisy_loss = tf.reduce_sum(eps * per_example_loss(y, forward(model, params, x)))
+            logits, new_non_trainable, reg_losses = model.stateless_call(
+                params, non_trainable, x, training=True, return_losses=True)
+            losses = per_example_loss(y, logits)
+            regularization = tf.add_n(reg_losses) if reg_losses else tf.zeros([])
+            noisy_loss = tf.reduce_sum(eps * losses)
         grads = inner.gradient(noisy_loss, params,
                                unconnected_gradients=tf.UnconnectedGradients.ZERO)
         lookahead_params = [p - step_size * g for p, g in zip(params, grads)]
         meta_loss = clean_loss(model, lookahead_params, clean_batch, include_regularization)
-    return -outer.gradient(meta_loss, eps)
+    alignment = -outer.gradient(meta_loss, eps)
+    return alignment, inner, params, losses, regularization, new_non_trainable
+
+
+def lookahead_alignment(model, noisy_batch, clean_batch, include_regularization=False,
+                        step_size=1.0):
+    """−∂l_g(θ̂(ε))/∂ε at ε = 0, by differentiating through the look-ahead step (Algorithm 1)."""
+    return _lookahead(model, noisy_batch, clean_batch, include_regularization, step_size)[0]
 
 
 def clean_gradient(model, params, clean_batch, include_regularization=False):
@@ -257,27 +271,12 @@ def example_weights(model, noisy_batch, clean_batch, meta_grad="jvp",
 
 def fused_lookahead_gradients(model, noisy_batch, clean_batch, include_regularization=False,
                               step_size=1.0):
-    """Algorithm 1 and the weighted step from one noisy forward pass: `lookahead_alignment` with a
-    persistent inner tape, which is differentiated a second time, with the weights, for the real
-    step (instead of a second forward pass). Same returns as `fused_l2rw_gradients`."""
-    x, y = noisy_batch
-    params = current_params(model)
-    non_trainable = [v.value for v in model.non_trainable_variables]
-    eps = tf.zeros(tf.shape(y)[:1], dtype=params[0].dtype)
-    with tf.GradientTape() as outer:
-        outer.watch(eps)
-        with tf.GradientTape(persistent=True) as inner:
-            inner.watch(params)
-            logits, new_non_trainable, reg_losses = model.stateless_call(
-                params, non_trainable, x, training=True, return_losses=True)
-            losses = per_example_loss(y, logits)
-            regularization = tf.add_n(reg_losses) if reg_losses else tf.zeros([])
-            noisy_loss = tf.reduce_sum(eps * losses)
-        grads = inner.gradient(noisy_loss, params,
-                               unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        lookahead_params = [p - step_size * g for p, g in zip(params, grads)]
-        meta_loss = clean_loss(model, lookahead_params, clean_batch, include_regularization)
-    weights = tf.stop_gradient(normalize_weights(-outer.gradient(meta_loss, eps)))
+    """Algorithm 1 and the weighted step from one noisy forward pass: the look-ahead's inner tape
+    (kept) is differentiated a second time, with the weights, for the real step (instead of a
+    second forward pass). Same returns as `fused_l2rw_gradients`."""
+    alignment, inner, params, losses, regularization, new_non_trainable = _lookahead(
+        model, noisy_batch, clean_batch, include_regularization, step_size, keep_tape=True)
+    weights = tf.stop_gradient(normalize_weights(alignment))
     # ∇θ(Σ w_i C_i + regularisation) through the recorded pass: output gradients (w, 1).
     grads = inner.gradient([losses, regularization], params,
                            output_gradients=[weights, tf.ones([])],
