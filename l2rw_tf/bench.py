@@ -9,10 +9,15 @@ Time: every step variant trains its own copy of the model on fixed random batche
 pipeline), and the variants are timed interleaved, round after round, so that machine load affects
 them alike; the figure is the median over rounds of the mean ms/step within a round.
 
-Memory: each variant runs alone in a fresh subprocess. The step is traced first (no execution),
-the peak-RSS mark is reset (Linux /proc/self/clear_refs), then a few steps run; the step's memory
-is the peak RSS during those steps minus the RSS before them (model, optimizer state and the TF
-runtime are in both). Peak RSS itself is reported too.
+Memory, two ways, each variant alone in a fresh subprocess; the step is traced first (no
+execution), then a few steps run:
+* RSS (the process as the OS sees it, default allocator): the peak-RSS mark is reset (Linux
+  /proc/self/clear_refs) after tracing; the step's memory is the peak RSS during the steps minus
+  the RSS before them (model, optimizer state and the TF runtime are in both). Peak RSS itself is
+  reported too. It includes what glibc's malloc keeps mapped after tensors are freed.
+* Tensors: the same steps in a process run with TensorFlow's own CPU allocator
+  (TF_CPU_ALLOCATOR_USE_BFC=true), whose `tf.config.experimental.get_memory_info` counts the bytes
+  of live tensors: the step's memory is their peak during the steps minus the bytes live before.
 
 Agreement: the weights of every meta-gradient method on one batch, relative error against the
 first (float32).
@@ -148,21 +153,47 @@ def memory_probe(model_name, n, m, variant, steps=5):
     except OSError:
         reset = False
     rest = _rss_mb("VmRSS")
+    tensors_before = _live_tensor_mb(reset_peak=True)
     for _ in range(steps):
         step(noisy, clean)
     peak = _rss_mb("VmHWM")
-    return {"rest_mb": rest, "peak_mb": peak, "step_mb": peak - rest, "peak_reset": reset}
+    result = {"rest_mb": rest, "peak_mb": peak, "step_mb": peak - rest, "peak_reset": reset}
+    if tensors_before is not None:
+        result["tensor_step_mb"] = _live_tensor_mb(peak=True) - tensors_before
+    return result
+
+
+def _live_tensor_mb(reset_peak=False, peak=False):
+    """MB of live tensors on the CPU (their peak since the last reset if `peak`), or None when
+    the allocator keeps no statistics (TF's default CPU allocator; TF_CPU_ALLOCATOR_USE_BFC=true
+    turns them on)."""
+    import tensorflow as tf
+    try:
+        if reset_peak:
+            tf.config.experimental.reset_memory_stats("CPU:0")
+        info = tf.config.experimental.get_memory_info("CPU:0")
+    except ValueError:
+        return None
+    return info["peak" if peak else "current"] / 2**20
 
 
 def measure_memory(model_name, n, m, variants):
-    """memory_probe of every variant, each in a subprocess of its own."""
+    """memory_probe of every variant, each in a subprocess of its own: once with the default
+    allocator (RSS), once with TF's counting allocator (live tensors)."""
     result = {}
     for variant in variants:
-        out = subprocess.run(
-            [sys.executable, "-m", "l2rw_tf.bench", f"--probe={model_name},{m},{variant}",
-             f"--batch_size={n}"], capture_output=True, text=True, check=True,
-            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-        result[variant] = json.loads(out.stdout.strip().splitlines()[-1])
+        probes = []
+        for counting in (False, True):
+            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+            env.pop("TF_CPU_ALLOCATOR_USE_BFC", None)
+            if counting:
+                env["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
+            out = subprocess.run(
+                [sys.executable, "-m", "l2rw_tf.bench", f"--probe={model_name},{m},{variant}",
+                 f"--batch_size={n}"], capture_output=True, text=True, check=True, env=env)
+            probes.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        rss, counted = probes
+        result[variant] = {**rss, "tensor_step_mb": counted.get("tensor_step_mb", float("nan"))}
     return result
 
 
@@ -194,6 +225,8 @@ def bench_model(model_name, n, clean_sizes, meta_grads, rounds, steps, memory=Fa
             row["memory"] = mem
             row["step_memory_ratio"] = {k: v["step_mb"] / mem["baseline"]["step_mb"]
                                         for k, v in mem.items()}
+            row["tensor_memory_ratio"] = {
+                k: v["tensor_step_mb"] / mem["baseline"]["tensor_step_mb"] for k, v in mem.items()}
         rows.append(row)
     return rows
 
@@ -230,6 +263,14 @@ def format_table(rows):
                 (f"{r['memory'][v]['step_mb']:.0f} ({r['step_memory_ratio'][v]:4.2f}x) "
                  f"[{r['memory'][v]['peak_mb']:5.0f}]" if v in r["memory"] else "-").rjust(width)
                 for v in variants)
+            lines.append(f"{r['model']:<10}{r['n']:>5}{r['m']:>5}  {cells}")
+    if all("tensor_memory_ratio" in r for r in rows):
+        lines += ["", "step memory: peak bytes of live tensors during steps minus those before "
+                  "them, MB (ratio to baseline)", "-" * len(header)]
+        for r in rows:
+            cells = "".join(
+                (f"{r['memory'][v]['tensor_step_mb']:.0f} ({r['tensor_memory_ratio'][v]:4.2f}x)"
+                 if v in r["memory"] else "-").rjust(width) for v in variants)
             lines.append(f"{r['model']:<10}{r['n']:>5}{r['m']:>5}  {cells}")
     return "\n".join(lines)
 

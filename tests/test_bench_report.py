@@ -54,6 +54,26 @@ def test_memory_probe_reports_the_steps_peak():
     assert mem["peak_mb"] >= mem["rest_mb"] > 0 and mem["step_mb"] >= 0
 
 
+def test_memory_is_measured_both_as_rss_and_as_live_tensors():
+    """Each variant in its own subprocesses: RSS under the default allocator, live-tensor bytes
+    under TF's counting allocator (the default one keeps no statistics)."""
+    assert bench._live_tensor_mb() is None  # noqa: SLF001 (this process: default allocator)
+    mem = bench.measure_memory("mlp", 16, 4, ["baseline", "l2rw_jvp"])
+    for variant in ("baseline", "l2rw_jvp"):
+        assert mem[variant]["peak_mb"] >= mem[variant]["rest_mb"] > 0
+        assert mem[variant]["tensor_step_mb"] > 0
+    row = {"model": "mlp", "n": 16, "m": 4, "memory": mem,
+           "ms_per_step": {"baseline": 1.0, "l2rw_jvp": 2.0},
+           "ratio_to_baseline": {"baseline": 1.0, "l2rw_jvp": 2.0},
+           "weights_relative_error": {"jvp": 0.0},
+           "step_memory_ratio": {"baseline": 1.0, "l2rw_jvp": 1.0},
+           "tensor_memory_ratio": {k: v["tensor_step_mb"] / mem["baseline"]["tensor_step_mb"]
+                                   for k, v in mem.items()}}
+    table = bench.format_table([row])
+    assert "peak bytes of live tensors" in table
+    assert f"{mem['l2rw_jvp']['tensor_step_mb']:.0f} (" in table.splitlines()[-1]
+
+
 def test_bench_command_quick(tmp_path):
     """`python -m l2rw_tf.bench --quick` (the CI smoke test of the command): table and JSON."""
     import subprocess

@@ -2,8 +2,12 @@
 
     python results/bench/memory_breakdown.py > results/bench/memory_breakdown.txt
 
-Each pass runs in a fresh process (like `l2rw_tf.bench`'s memory probes): traced first, the
-peak-RSS mark reset, then three calls; the figure is peak RSS minus RSS before them, in MB.
+Each pass runs in fresh processes (like `l2rw_tf.bench`'s memory probes): traced first, then
+three calls, measured two ways, in MB:
+- RSS: peak RSS during the calls minus RSS before them (default allocator; includes what glibc's
+  malloc keeps mapped after tensors are freed);
+- tensors: with TensorFlow's counting CPU allocator (TF_CPU_ALLOCATOR_USE_BFC=true), the peak bytes
+  of live tensors during the calls minus those live before.
 - forward: the training-mode forward pass alone;
 - forward+backward: the forward under a GradientTape and the gradient (the baseline step's work);
 - forward-mode: the forward under a ForwardAccumulator and the JVP of the losses (the weights);
@@ -48,8 +52,11 @@ def probe(name):
     with open("/proc/self/clear_refs", "w") as f:  # reset the peak-RSS mark (Linux)
         f.write("5")
     rest = bench._rss_mb("VmRSS")  # noqa: SLF001
+    tensors_before = bench._live_tensor_mb(reset_peak=True)  # noqa: SLF001
     for _ in range(3):
         run()
+    if tensors_before is not None:  # the counting allocator
+        return bench._live_tensor_mb(peak=True) - tensors_before  # noqa: SLF001
     return bench._rss_mb("VmHWM") - rest  # noqa: SLF001
 
 
@@ -58,8 +65,12 @@ if __name__ == "__main__":
         print(f"{probe(sys.argv[1]):.0f}")
     else:
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        print("ResNet-32, batch 100 (clean batch 10): peak RSS during 3 calls minus RSS before, MB")
+        env.pop("TF_CPU_ALLOCATOR_USE_BFC", None)
+        print("ResNet-32, batch 100 (clean batch 10), MB during 3 calls:")
+        print(f"{'':>18}  {'RSS':>5}  {'tensors':>7}")
         for name in PASSES:
-            out = subprocess.run([sys.executable, __file__, name], capture_output=True, text=True,
-                                 check=True, env=env).stdout.split()[-1]
-            print(f"{name:>18}  {out}")
+            rss, tensors = (subprocess.run(
+                [sys.executable, __file__, name], capture_output=True, text=True, check=True,
+                env={**env, **extra}).stdout.split()[-1]
+                for extra in ({}, {"TF_CPU_ALLOCATOR_USE_BFC": "true"}))
+            print(f"{name:>18}  {rss:>5}  {tensors:>7}")
