@@ -269,8 +269,11 @@ def validate_flags():
 
 
 def run_flags():
+    # --meta_grad only changes how L2RW computes its weights: a baseline run directory resumes
+    # under any value of it.
     return {name: getattr(FLAGS, name)
-            for name in COMMON_RUN_FLAGS + TASK_RUN_FLAGS[FLAGS.task]}
+            for name in COMMON_RUN_FLAGS + TASK_RUN_FLAGS[FLAGS.task]
+            if name != "meta_grad" or FLAGS.method == "l2rw"}
 
 
 LOCK_NAME = "running.pid"

@@ -10,7 +10,7 @@ import pytest
 from absl import flags
 
 from conftest import REPO
-from l2rw_tf import main
+from l2rw_tf import main, train
 
 FLAGFILE = str(REPO / "configs" / "mnist_imbalance.flags")
 
@@ -80,6 +80,25 @@ def test_short_run_on_real_mnist_then_refuses_other_flags(tmp_path):
     assert again.returncode == 0 and "is complete" in again.stdout
     other = cli(f"--logdir={run}", "--num_steps=200", "--method=baseline")
     assert other.returncode == 2 and "holds a different run" in other.stderr
+
+
+def test_only_l2rw_run_directories_record_meta_grad(tmp_path):
+    """A baseline does not use --meta_grad, so its run directory resumes under any value; an L2RW
+    run directory refuses another one."""
+    for method, resumes in (("baseline", True), ("l2rw", False)):
+        run = tmp_path / method
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["l2rw", f"--flagfile={FLAGFILE}", f"--method={method}", "--meta_grad=jvp"])
+        flags_path = main.prepare_run_dir(str(run))
+        train.write_json(flags_path, main.run_flags())
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["l2rw", f"--flagfile={FLAGFILE}", f"--method={method}",
+                     "--meta_grad=layerwise"])
+        if resumes:
+            assert main.prepare_run_dir(str(run)) == flags_path
+        else:
+            with pytest.raises(main.UsageError, match="--meta_grad was 'jvp', now 'layerwise'"):
+                main.prepare_run_dir(str(run))
 
 
 @pytest.mark.parametrize("method", ["l2rw", "random"])
