@@ -248,30 +248,30 @@ def format_table(rows):
     width = max(22, *(len(v) + 2 for v in variants))
     header = (f"{'model':<10}{'n':>5}{'m':>5}  " + "".join(v.rjust(width) for v in variants)
               + "   weights rel. err")
-    lines = [header, "-" * len(header)]
-    for r in rows:
-        cells = "".join(
-            (f"{r['ms_per_step'][v]:.2f} ms ({r['ratio_to_baseline'][v]:4.2f}x)"
-             if v in r["ms_per_step"] else "-").rjust(width) for v in variants)
-        err = max(r["weights_relative_error"].values())
-        lines.append(f"{r['model']:<10}{r['n']:>5}{r['m']:>5}  {cells}   {err:.1e}")
+
+    def section(title, cell, table):
+        """Lines of one table: a row per benchmark row, `cell(row, variant)` per variant."""
+        lines = ["", title, "-" * len(header)] if title else [header, "-" * len(header)]
+        for r in rows:
+            cells = "".join((cell(r, v) if v in r[table] else "-").rjust(width)
+                            for v in variants)
+            lines.append(f"{r['model']:<10}{r['n']:>5}{r['m']:>5}  {cells}"
+                         + ("" if title else f"   {max(r['weights_relative_error'].values()):.1e}"))
+        return lines
+
+    lines = section(None, lambda r, v: f"{r['ms_per_step'][v]:.2f} ms "
+                                       f"({r['ratio_to_baseline'][v]:4.2f}x)", "ms_per_step")
     if all("memory" in r for r in rows):
-        lines += ["", "step memory: peak RSS during steps minus RSS before them, MB "
-                  "(ratio to baseline); [peak RSS MB]", "-" * len(header)]
-        for r in rows:
-            cells = "".join(
-                (f"{r['memory'][v]['step_mb']:.0f} ({r['step_memory_ratio'][v]:4.2f}x) "
-                 f"[{r['memory'][v]['peak_mb']:5.0f}]" if v in r["memory"] else "-").rjust(width)
-                for v in variants)
-            lines.append(f"{r['model']:<10}{r['n']:>5}{r['m']:>5}  {cells}")
+        lines += section("step memory: peak RSS during steps minus RSS before them, MB "
+                         "(ratio to baseline); [peak RSS MB]",
+                         lambda r, v: f"{r['memory'][v]['step_mb']:.0f} "
+                                      f"({r['step_memory_ratio'][v]:4.2f}x) "
+                                      f"[{r['memory'][v]['peak_mb']:5.0f}]", "memory")
     if all("tensor_memory_ratio" in r for r in rows):
-        lines += ["", "step memory: peak bytes of live tensors during steps minus those before "
-                  "them, MB (ratio to baseline)", "-" * len(header)]
-        for r in rows:
-            cells = "".join(
-                (f"{r['memory'][v]['tensor_step_mb']:.0f} ({r['tensor_memory_ratio'][v]:4.2f}x)"
-                 if v in r["memory"] else "-").rjust(width) for v in variants)
-            lines.append(f"{r['model']:<10}{r['n']:>5}{r['m']:>5}  {cells}")
+        lines += section("step memory: peak bytes of live tensors during steps minus those "
+                         "before them, MB (ratio to baseline)",
+                         lambda r, v: f"{r['memory'][v]['tensor_step_mb']:.0f} "
+                                      f"({r['tensor_memory_ratio'][v]:4.2f}x)", "memory")
     return "\n".join(lines)
 
 
