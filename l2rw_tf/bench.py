@@ -142,10 +142,17 @@ def _rss_mb(field):
 
 
 def memory_probe(model_name, n, m, variant, steps=5):
-    """Peak RSS of `steps` steps of one variant, in this (fresh) process."""
+    """Memory of `steps` steps of one variant, in this (fresh) process (see `memory_during`)."""
     make_model, noisy, clean = build(model_name, n, m)
     _, step = make_step(make_model, step_configs(["lookahead", "jvp", "layerwise"])[variant])
     step.get_concrete_function(noisy, clean)  # trace only
+    return memory_during(lambda: step(noisy, clean), steps)
+
+
+def memory_during(run, calls):
+    """Memory of `calls` calls of `run` (already traced) in this process, in MB: peak RSS and its
+    rise over the RSS before them, and, under TF's counting allocator, the rise of live tensors
+    (`tensor_step_mb`)."""
     try:  # reset the peak-RSS mark to the current RSS (Linux >= 4.0)
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
@@ -154,8 +161,8 @@ def memory_probe(model_name, n, m, variant, steps=5):
         reset = False
     rest = _rss_mb("VmRSS")
     tensors_before = _live_tensor_mb(reset_peak=True)
-    for _ in range(steps):
-        step(noisy, clean)
+    for _ in range(calls):
+        run()
     peak = _rss_mb("VmHWM")
     result = {"rest_mb": rest, "peak_mb": peak, "step_mb": peak - rest, "peak_reset": reset}
     if tensors_before is not None:
@@ -177,22 +184,23 @@ def _live_tensor_mb(reset_peak=False, peak=False):
     return info["peak" if peak else "current"] / 2**20
 
 
+def probe_env(counting):
+    """Environment of a memory-probe subprocess: TF's default CPU allocator, or its counting one
+    (TF_CPU_ALLOCATOR_USE_BFC=true, which keeps the live-tensor statistics)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    env.pop("TF_CPU_ALLOCATOR_USE_BFC", None)
+    return {**env, "TF_CPU_ALLOCATOR_USE_BFC": "true"} if counting else env
+
+
 def measure_memory(model_name, n, m, variants):
     """memory_probe of every variant, each in a subprocess of its own: once with the default
     allocator (RSS), once with TF's counting allocator (live tensors)."""
     result = {}
     for variant in variants:
-        probes = []
-        for counting in (False, True):
-            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-            env.pop("TF_CPU_ALLOCATOR_USE_BFC", None)
-            if counting:
-                env["TF_CPU_ALLOCATOR_USE_BFC"] = "true"
-            out = subprocess.run(
-                [sys.executable, "-m", "l2rw_tf.bench", f"--probe={model_name},{m},{variant}",
-                 f"--batch_size={n}"], capture_output=True, text=True, check=True, env=env)
-            probes.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        rss, counted = probes
+        rss, counted = (json.loads(subprocess.run(
+            [sys.executable, "-m", "l2rw_tf.bench", f"--probe={model_name},{m},{variant}",
+             f"--batch_size={n}"], capture_output=True, text=True, check=True,
+            env=probe_env(counting)).stdout.strip().splitlines()[-1]) for counting in (False, True))
         result[variant] = {**rss, "tensor_step_mb": counted.get("tensor_step_mb", float("nan"))}
     return result
 
@@ -248,30 +256,27 @@ def format_table(rows):
     width = max(22, *(len(v) + 2 for v in variants))
     header = (f"{'model':<10}{'n':>5}{'m':>5}  " + "".join(v.rjust(width) for v in variants)
               + "   weights rel. err")
+    rule = "-" * len(header)
 
-    def section(title, cell, table):
-        """Lines of one table: a row per benchmark row, `cell(row, variant)` per variant."""
-        lines = ["", title, "-" * len(header)] if title else [header, "-" * len(header)]
-        for r in rows:
-            cells = "".join((cell(r, v) if v in r[table] else "-").rjust(width)
-                            for v in variants)
-            lines.append(f"{r['model']:<10}{r['n']:>5}{r['m']:>5}  {cells}"
-                         + ("" if title else f"   {max(r['weights_relative_error'].values()):.1e}"))
-        return lines
+    def table_rows(cell, table, tail=lambda r: ""):
+        """A line per benchmark row: `cell(row, variant)` per variant ("-" where it is missing)."""
+        return [f"{r['model']:<10}{r['n']:>5}{r['m']:>5}  "
+                + "".join((cell(r, v) if v in r[table] else "-").rjust(width) for v in variants)
+                + tail(r) for r in rows]
 
-    lines = section(None, lambda r, v: f"{r['ms_per_step'][v]:.2f} ms "
-                                       f"({r['ratio_to_baseline'][v]:4.2f}x)", "ms_per_step")
+    lines = [header, rule] + table_rows(
+        lambda r, v: f"{r['ms_per_step'][v]:.2f} ms ({r['ratio_to_baseline'][v]:4.2f}x)",
+        "ms_per_step", tail=lambda r: f"   {max(r['weights_relative_error'].values()):.1e}")
     if all("memory" in r for r in rows):
-        lines += section("step memory: peak RSS during steps minus RSS before them, MB "
-                         "(ratio to baseline); [peak RSS MB]",
-                         lambda r, v: f"{r['memory'][v]['step_mb']:.0f} "
-                                      f"({r['step_memory_ratio'][v]:4.2f}x) "
-                                      f"[{r['memory'][v]['peak_mb']:5.0f}]", "memory")
+        lines += ["", "step memory: peak RSS during steps minus RSS before them, MB "
+                  "(ratio to baseline); [peak RSS MB]", rule] + table_rows(
+            lambda r, v: f"{r['memory'][v]['step_mb']:.0f} ({r['step_memory_ratio'][v]:4.2f}x) "
+                         f"[{r['memory'][v]['peak_mb']:5.0f}]", "memory")
     if all("tensor_memory_ratio" in r for r in rows):
-        lines += section("step memory: peak bytes of live tensors during steps minus those "
-                         "before them, MB (ratio to baseline)",
-                         lambda r, v: f"{r['memory'][v]['tensor_step_mb']:.0f} "
-                                      f"({r['tensor_memory_ratio'][v]:4.2f}x)", "memory")
+        lines += ["", "step memory: peak bytes of live tensors during steps minus those before "
+                  "them, MB (ratio to baseline)", rule] + table_rows(
+            lambda r, v: f"{r['memory'][v]['tensor_step_mb']:.0f} "
+                         f"({r['tensor_memory_ratio'][v]:4.2f}x)", "memory")
     return "\n".join(lines)
 
 

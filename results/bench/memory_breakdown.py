@@ -13,7 +13,6 @@ three calls, measured two ways, in MB:
 - forward-mode: the forward under a ForwardAccumulator and the JVP of the losses (the weights);
 - fused jvp: `reweight.fused_l2rw_gradients`, the default L2RW step on BN models.
 """
-import os
 import subprocess
 import sys
 
@@ -49,28 +48,19 @@ def probe(name):
         return tf.add_n([tf.reduce_sum(g) for g in grads])
 
     run.get_concrete_function()
-    with open("/proc/self/clear_refs", "w") as f:  # reset the peak-RSS mark (Linux)
-        f.write("5")
-    rest = bench._rss_mb("VmRSS")  # noqa: SLF001
-    tensors_before = bench._live_tensor_mb(reset_peak=True)  # noqa: SLF001
-    for _ in range(3):
-        run()
-    if tensors_before is not None:  # the counting allocator
-        return bench._live_tensor_mb(peak=True) - tensors_before  # noqa: SLF001
-    return bench._rss_mb("VmHWM") - rest  # noqa: SLF001
+    memory = bench.memory_during(run, 3)
+    return memory.get("tensor_step_mb", memory["step_mb"])  # tensors under the counting allocator
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1:
         print(f"{probe(sys.argv[1]):.0f}")
     else:
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        env.pop("TF_CPU_ALLOCATOR_USE_BFC", None)
+        from l2rw_tf import bench
         print("ResNet-32, batch 100 (clean batch 10), MB during 3 calls:")
         print(f"{'':>18}  {'RSS':>5}  {'tensors':>7}")
         for name in PASSES:
             rss, tensors = (subprocess.run(
                 [sys.executable, __file__, name], capture_output=True, text=True, check=True,
-                env={**env, **extra}).stdout.split()[-1]
-                for extra in ({}, {"TF_CPU_ALLOCATOR_USE_BFC": "true"}))
+                env=bench.probe_env(counting)).stdout.split()[-1] for counting in (False, True))
             print(f"{name:>18}  {rss:>5}  {tensors:>7}")
