@@ -18,6 +18,8 @@ execution), then a few steps run:
 * Tensors: the same steps in a process run with TensorFlow's own CPU allocator
   (TF_CPU_ALLOCATOR_USE_BFC=true), whose `tf.config.experimental.get_memory_info` counts the bytes
   of live tensors: the step's memory is their peak during the steps minus the bytes live before.
+  With oneDNN kernels on (the package's default, see l2rw_tf/__init__.py) TensorFlow uses that
+  allocator by default too, so then both probes run under it.
 
 Agreement: the weights of every meta-gradient method on one batch, relative error against the
 first (float32).
@@ -248,7 +250,8 @@ def machine():
     except (OSError, StopIteration):
         pass
     return {"cpu_count": os.cpu_count(), "cpu": cpu, "platform": platform.platform(),
-            "tensorflow": tf.__version__}
+            "tensorflow": tf.__version__,
+            "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "TensorFlow's default")}
 
 
 def format_table(rows):

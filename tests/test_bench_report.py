@@ -56,8 +56,9 @@ def test_memory_probe_reports_the_steps_peak():
 
 def test_memory_is_measured_both_as_rss_and_as_live_tensors():
     """Each variant in its own subprocesses: RSS under the default allocator, live-tensor bytes
-    under TF's counting allocator (the default one keeps no statistics)."""
-    assert bench._live_tensor_mb() is None  # noqa: SLF001 (this process: default allocator)
+    under TF's counting allocator (TensorFlow's stock allocator keeps no statistics)."""
+    assert bench.probe_env(counting=True)["TF_CPU_ALLOCATOR_USE_BFC"] == "true"
+    assert "TF_CPU_ALLOCATOR_USE_BFC" not in bench.probe_env(counting=False)
     mem = bench.measure_memory("mlp", 16, 4, ["baseline", "l2rw_jvp"])
     for variant in ("baseline", "l2rw_jvp"):
         assert mem[variant]["peak_mb"] >= mem[variant]["rest_mb"] > 0
