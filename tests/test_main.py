@@ -148,3 +148,17 @@ def test_a_run_directory_in_use_is_refused_and_a_stale_lock_taken_over(tmp_path)
     final = main.run(["l2rw", f"--flagfile={FLAGFILE}", "--num_steps=2", "--eval_interval=2",
                       f"--logdir={run}"])
     assert final["step"] == 2 and not (run / main.LOCK_NAME).exists()
+
+
+@pytest.mark.skipif(sys.platform != "linux" or os.uname().machine != "x86_64",
+                    reason="TensorFlow's oneDNN kernels: x86-64 Linux builds")
+def test_onednn_kernels_are_on_unless_the_environment_says_otherwise():
+    """The package turns TensorFlow's oneDNN CPU kernels on before TensorFlow is imported (TF does
+    so by itself only on recent Intel CPUs); TF_ENABLE_ONEDNN_OPTS=0 keeps the stock kernels."""
+    code = ("import l2rw_tf\nfrom tensorflow.python.util import _pywrap_util_port as port\n"
+            "print(port.IsMklEnabled())")
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    for extra, expected in (({}, "True"), ({"TF_ENABLE_ONEDNN_OPTS": "0"}, "False")):
+        out = subprocess.run([sys.executable, "-c", code], env={**env, **extra},
+                             capture_output=True, text=True, check=True, timeout=120).stdout
+        assert out.split()[-1] == expected

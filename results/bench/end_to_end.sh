@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end cost of L2RW: the MNIST 4-vs-9 run at 99.5% nines (configs/mnist_imbalance.flags,
 # 8,000 steps, seed 0) with the uniform-weight baseline and with L2RW, one after the other, each
-# alone on the machine with every core. Writes results/bench/end_to_end.{json,md}: each run's
+# alone on the machine with every core. Writes $OUT.{json,md} (default results/bench/end_to_end;
+# an existing file there is an error, not overwritten): each run's
 # wall time (whole process, start-up included) and where its training time went (input waiting,
 # steps, evaluation, checkpoints: the time breakdown of result.json), and the L2RW/baseline ratio.
 # Run it on an otherwise idle machine.
@@ -9,8 +10,13 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 export TF_CPP_MIN_LOG_LEVEL=2
 RUNS=${RUNS:-runs/bench_end_to_end}
+OUT=${OUT:-results/bench/end_to_end}
 if [[ -e $RUNS ]]; then
   echo "error: $RUNS exists; remove it (or set RUNS=...) for a fresh timing" >&2
+  exit 2
+fi
+if [[ -e $OUT.json || -e $OUT.md ]]; then
+  echo "error: $OUT.json or $OUT.md exists; remove it (or set OUT=...)" >&2
   exit 2
 fi
 mkdir -p "$RUNS"
@@ -22,9 +28,9 @@ for method in baseline l2rw; do
   echo "$method $(python -c "print(round($(date +%s.%N) - $start, 1))")" >> "$RUNS/wall_seconds.txt"
   echo "$method: $(tail -n 1 "$RUNS/wall_seconds.txt" | cut -d' ' -f2) s"
 done
-python - "$RUNS" <<'PY'
+python - "$RUNS" "$OUT" <<'PY'
 import json, os, sys
-runs = sys.argv[1]
+runs, out_path = sys.argv[1:]
 wall = dict(line.split() for line in open(os.path.join(runs, "wall_seconds.txt")))
 parts = ("input_seconds", "step_seconds", "eval_seconds", "checkpoint_seconds")
 table = {}
@@ -34,8 +40,9 @@ for method in ("baseline", "l2rw"):
                      "train_seconds": result["train_seconds"], **{p: result[p] for p in parts}}
 ratio = table["l2rw"]["wall_seconds"] / table["baseline"]["wall_seconds"]
 out = {"command": "bash results/bench/end_to_end.sh", "runs": table,
-       "wall_ratio_l2rw_to_baseline": ratio, "cpu_count": os.cpu_count()}
-json.dump(out, open("results/bench/end_to_end.json", "w"), indent=2)
+       "wall_ratio_l2rw_to_baseline": ratio, "cpu_count": os.cpu_count(),
+       "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1 (the package's default)")}
+json.dump(out, open(out_path + ".json", "w"), indent=2)
 lines = ["| method | wall s | train s | input | steps | evaluation | checkpoints | test acc |",
          "|---|---|---|---|---|---|---|---|"]
 for method, r in table.items():
@@ -43,6 +50,6 @@ for method, r in table.items():
     lines.append(f"| {method} | {r['wall_seconds']:.1f} | {r['train_seconds']:.1f} | "
                  + " | ".join(share(p) for p in parts) + f" | {r['test_accuracy']:.3f} |")
 lines.append(f"\nL2RW / baseline wall time: {ratio:.2f}x")
-open("results/bench/end_to_end.md", "w").write("\n".join(lines) + "\n")
+open(out_path + ".md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
