@@ -242,7 +242,7 @@ def bench_model(model_name, n, clean_sizes, meta_grads, rounds, steps, memory=Fa
 
 
 def machine():
-    import tensorflow as tf
+    import l2rw_tf
     cpu = platform.processor()
     try:
         with open("/proc/cpuinfo") as f:
@@ -250,8 +250,7 @@ def machine():
     except (OSError, StopIteration):
         pass
     return {"cpu_count": os.cpu_count(), "cpu": cpu, "platform": platform.platform(),
-            "tensorflow": tf.__version__,
-            "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "TensorFlow's default")}
+            **l2rw_tf.runtime()}
 
 
 def format_table(rows):

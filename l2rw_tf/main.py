@@ -480,6 +480,7 @@ def train_run(run_dir, flags_path, result_path, stop_at_step=None):
     f = FLAGS
     import keras
     import tensorflow as tf
+    import l2rw_tf
     from l2rw_tf import data, train
     init_fn = None
     if f.method == "finetune":
@@ -509,9 +510,7 @@ def train_run(run_dir, flags_path, result_path, stop_at_step=None):
                         log=lambda msg: print(msg, flush=True), stop_at_step=stop_at_step,
                         init_fn=init_fn, examples=training_examples(experiment))
     final["data"] = experiment.info
-    # Which kernels computed it: oneDNN's and TensorFlow's stock ones round differently.
-    final["runtime"] = {"tensorflow": tf.__version__,
-                        "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "TensorFlow's default")}
+    final["runtime"] = l2rw_tf.runtime()
     train.write_json(result_path, final)
     print(f"final: {json.dumps(final)}", flush=True)
     return final

@@ -69,6 +69,7 @@ def test_short_run_on_real_mnist_then_refuses_other_flags(tmp_path):
     assert final["step"] == 200 and final["traces"] == 1
     assert final["test_accuracy"] >= 0.85  # far above the 0.5 of chance on balanced 4s vs 9s
     assert 0 < final["zero_weight_fraction"] < 1
+    assert final["runtime"]["onednn"] == os.environ["TF_ENABLE_ONEDNN_OPTS"]  # kernels recorded
     # The time breakdown: every part measured, together within the run's wall time.
     parts = [final[f"{name}_seconds"] for name in ("input", "step", "eval", "checkpoint")]
     assert all(p > 0 for p in parts) and sum(parts) <= final["train_seconds"]
