@@ -77,7 +77,11 @@ def _load_tfds(name, split, data_dir=None):
         if cache is not None and cache.exists():
             with np.load(cache, allow_pickle=False) as z:
                 return z["images"], z["labels"], num_classes
-        images, labels = _as_arrays(builder.as_dataset(split=split, as_supervised=True))
+        # One file at a time: a split of several files is then read in tfds's sorted order.
+        in_order = tfds.ReadConfig(interleave_cycle_length=1)
+        images, labels = _as_arrays(
+            builder.as_dataset(split=split, as_supervised=True, read_config=in_order))
+        images, labels = _in_source_order(split, images, labels)
     except Exception as e:  # noqa: BLE001 -- tfds raises many kinds offline; name the fix instead.
         where = data_dir or "the default tfds directory (~/tensorflow_datasets)"
         raise DataError(
@@ -87,6 +91,26 @@ def _load_tfds(name, split, data_dir=None):
     if cache is not None:
         _save_npz(cache, images=images, labels=labels)
     return images, labels, num_classes
+
+
+def _in_source_order(split, images, labels):
+    """A tfds split put back in the order of the dataset's source files.
+
+    tfds writes a split sorted by md5(split name + key) (tensorflow_datasets/core/shuffle.py), and
+    its mnist, cifar10 and cifar100 builders key each example by its index in the source files.
+    The original code draws its splits by indexing those files in order, so restoring that order
+    makes a seed pick the same images here as there."""
+    salt = hashlib.md5(split.encode())
+
+    def tfds_sort_key(source_index):
+        key = salt.copy()
+        key.update(str(source_index).encode())
+        return key.digest()
+
+    # source_index[j]: position in the source files of the j-th example tfds reads.
+    source_index = np.array(sorted(range(len(labels)), key=tfds_sort_key), dtype=np.int64)
+    order = np.argsort(source_index)
+    return images[order], labels[order]
 
 
 # tfds.testing.mock_data swaps DatasetBuilder.as_dataset for a generator of fake examples: the
@@ -104,7 +128,8 @@ def _tfds_cache_path(builder, split):
     records = sorted(p for p in root.glob("*") if "record" in p.name) if root.is_dir() else []
     if not records:
         return None
-    key = f"{builder.name}_{builder.version}_{split}_{_files_fingerprint(root, records)}"
+    # "source": arrays in the source files' order (`_in_source_order`).
+    key = f"{builder.name}_{builder.version}_{split}_source_{_files_fingerprint(root, records)}"
     return cache_dir() / f"tfds_{key}.npz"
 
 
@@ -293,14 +318,22 @@ def _count(budget, fraction):
     return int(np.floor(budget * fraction + 1e-9))
 
 
+# tf.examples.tutorials.mnist.input_data.read_data_sets, which the original MNIST code loads with,
+# keeps the first 5,000 training images as its validation split and trains on the other 55,000.
+MNIST_TF_VALIDATION = 5000
+
+
 def mnist_imbalance(pos_ratio=0.995, ntrain=5000, nval=10, ntest=500, seed=0, data_dir=None,
                     minority_digit=4, majority_digit=9, arrays=None):
     """The 4-vs-9 class-imbalance set of the paper (reference §2); 4 -> label 0, 9 -> label 1.
 
     Of the budget `ntrain`, floor(ntrain·(1−p)) images are 4s and floor(ntrain·p) are 9s; `nval`
     of them (half of each class) are carved out as the clean set, disjoint from training. The test
-    set has `ntest` images, half of each class. Draws follow the original code's order with
-    `np.random.RandomState(seed)`. `arrays` = ((train_x, train_y), (test_x, test_y)) skips tfds.
+    set has `ntest` images, half of each class. The draws are the original code's, image for image:
+    the same `np.random.RandomState(seed)` calls over the same arrays, the MNIST files in their
+    order, training images from TF's 55,000-image train split (the files' last 55,000: the first
+    `MNIST_TF_VALIDATION` were its validation split). `arrays` = ((train_x, train_y), (test_x,
+    test_y)) in the files' order skips tfds.
     """
     if not 0.0 < pos_ratio < 1.0:
         raise DataError(f"--pos_ratio must be in (0, 1), got {pos_ratio}")
@@ -313,13 +346,16 @@ def mnist_imbalance(pos_ratio=0.995, ntrain=5000, nval=10, ntest=500, seed=0, da
     (train_x, train_y), (test_x, test_y) = arrays
     rnd = np.random.RandomState(seed)
 
-    def take(labels, digit, counts):
-        """Source indices of `digit`, shuffled, cut into consecutive parts of `counts`."""
-        pool = np.flatnonzero(labels == digit)
+    def take(labels, digit, counts, first=0, shuffled=True):
+        """Source indices of `digit` (from index `first` on), shuffled, cut into consecutive
+        parts of `counts`."""
+        pool = first + np.flatnonzero(labels[first:] == digit)
         if sum(counts) > len(pool):
             raise DataError(f"asked for {sum(counts)} images of digit {digit} but only "
                             f"{len(pool)} exist; lower --ntrain/--nval/--ntest")
-        pool = pool[rnd.permutation(len(pool))]
+        order = rnd.permutation(len(pool))
+        if shuffled:  # the original draws the test 4s' shuffle but never applies it
+            pool = pool[order]
         bounds = np.cumsum([0] + list(counts))
         return [pool[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
@@ -330,10 +366,12 @@ def mnist_imbalance(pos_ratio=0.995, ntrain=5000, nval=10, ntest=500, seed=0, da
         raise DataError(f"--ntrain {ntrain} at --pos_ratio {pos_ratio} leaves {n_minority} "
                         f"minority training images after the clean set; raise --ntrain or "
                         f"lower --pos_ratio/--nval")
-    # Same draw order as the original: 4s (train pool, then test), then 9s.
-    val0, train0 = take(train_y, minority_digit, [per_class_val, n_minority])
-    (test0,) = take(test_y, minority_digit, [ntest // 2])
-    val1, train1 = take(train_y, majority_digit, [per_class_val, n_majority])
+    # Same draw order as the original: 4s (train pool, then test), then 9s. Its test 4s are the
+    # first ntest/2 in the file's order.
+    first = MNIST_TF_VALIDATION if len(train_y) == 60000 else 0  # small stand-ins keep all
+    val0, train0 = take(train_y, minority_digit, [per_class_val, n_minority], first)
+    (test0,) = take(test_y, minority_digit, [ntest // 2], shuffled=False)
+    val1, train1 = take(train_y, majority_digit, [per_class_val, n_majority], first)
     (test1,) = take(test_y, majority_digit, [ntest // 2])
 
     def labelled(images, index0, index1):

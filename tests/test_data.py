@@ -112,3 +112,103 @@ def test_cache_writes_started_together_do_not_clash(tmp_path, monkeypatch):
     data._save_npz(target, x=np.arange(3))
     np.testing.assert_array_equal(np.load(target)["x"], np.arange(3))
     assert [p.name for p in target.parent.iterdir()] == ["arrays.npz"]  # no temporary files left
+
+
+# The first 20 labels of MNIST's source files (train-labels-idx1-ubyte, t10k-labels-idx1-ubyte).
+MNIST_TRAIN_FILE_LABELS = [5, 0, 4, 1, 9, 2, 1, 3, 1, 4, 3, 5, 3, 6, 1, 7, 2, 8, 6, 9]
+MNIST_TEST_FILE_LABELS = [7, 2, 1, 0, 4, 1, 4, 9, 5, 9, 0, 6, 9, 0, 1, 5, 9, 7, 3, 4]
+
+
+def test_tfds_splits_come_back_in_the_source_files_order(mnist_arrays):
+    (_, train_labels), (_, test_labels) = mnist_arrays
+    assert train_labels[:20].tolist() == MNIST_TRAIN_FILE_LABELS
+    assert test_labels[:20].tolist() == MNIST_TEST_FILE_LABELS
+    assert np.bincount(train_labels).tolist() == [
+        5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+
+
+def original_imbalance_split(mnist_arrays, pos_ratio, nval, seed, ntrain=5000, ntest=500):
+    """The original mnist_train.py's get_imbalance_dataset, step by step, over the MNIST files
+    as TF's input_data splits them (training = the files' images 5,000 on)."""
+    (x, y), (x_test, y_test) = mnist_arrays
+    x, y = x[5000:], y[5000:]
+    rnd = np.random.RandomState(seed)
+    ratio = 1 - pos_ratio
+
+    four = x[y == 4]
+    idx = np.arange(len(four))
+    rnd.shuffle(idx)
+    four = four[idx]
+    val_four, n_four = nval // 2, int(np.floor(ntrain * ratio)) - nval // 2
+    clean_four, train_four = four[:val_four], four[val_four:val_four + n_four]
+    test_four = x_test[y_test == 4]
+    rnd.shuffle(np.arange(len(test_four)))  # drawn, never applied
+    test_four = test_four[:ntest // 2]
+
+    nine = x[y == 9]
+    idx = np.arange(len(nine))
+    rnd.shuffle(idx)
+    nine = nine[idx]
+    val_nine, n_nine = nval // 2, int(np.floor(ntrain * (1 - ratio))) - nval // 2
+    clean_nine, train_nine = nine[:val_nine], nine[val_nine:val_nine + n_nine]
+    test_nine = x_test[y_test == 9]
+    idx = np.arange(len(test_nine))
+    rnd.shuffle(idx)
+    test_nine = test_nine[idx][:ntest // 2]
+
+    def final_shuffle(fours, nines):
+        images = np.concatenate([fours, nines])
+        labels = np.concatenate([np.zeros(len(fours)), np.ones(len(nines))])
+        idx = np.arange(len(images))
+        rnd.shuffle(idx)
+        return images[idx], labels[idx]
+
+    return (final_shuffle(train_four, train_nine), final_shuffle(clean_four, clean_nine),
+            final_shuffle(test_four, test_nine))
+
+
+# Not 0.9: there the original floors 5000 * (1 - 0.9) = 499.99999999999994 to 499 fours; we take
+# the intended 500 (`data._count`).
+@pytest.mark.parametrize("pos_ratio,nval,seed", [(0.995, 10, 0), (0.995, 0, 56789),
+                                                 (0.95, 10, 13578)])
+def test_imbalance_split_is_the_original_codes_image_for_image(mnist_arrays, pos_ratio, nval,
+                                                                seed):
+    d = data.mnist_imbalance(pos_ratio, nval=nval, seed=seed, arrays=mnist_arrays)
+    train, clean, test = original_imbalance_split(mnist_arrays, pos_ratio, nval, seed)
+    for (images, labels), (want_images, want_labels) in [
+            ((d.train_images, d.train_labels), train), ((d.clean_images, d.clean_labels), clean),
+            (d.eval_sets["test"], test)]:
+        np.testing.assert_array_equal(images, want_images)
+        np.testing.assert_array_equal(labels, want_labels)
+    assert d.train_source.min() >= 5000 and (nval == 0 or d.clean_source.min() >= 5000)
+
+
+class IndexedDigits(tfds.core.GeneratorBasedBuilder):
+    """A tiny tfds dataset keyed, as tfds' mnist / cifar10 / cifar100, by each example's index in
+    its source; the image holds that index, so the order it comes back in is visible."""
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(2, 2, 1)),
+            "label": tfds.features.ClassLabel(num_classes=10)}),
+            supervised_keys=("image", "label"))
+
+    def _split_generators(self, dl_manager):
+        return {"train": self._generate_examples(1000), "test": self._generate_examples(300)}
+
+    def _generate_examples(self, count):
+        for index in range(count):
+            image = np.array([index // 256, index % 256, 0, 0], np.uint8).reshape(2, 2, 1)
+            yield index, {"image": image, "label": index % 10}
+
+
+def test_any_tfds_split_comes_back_in_source_order_even_over_several_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("L2RW_CACHE_DIR", str(tmp_path / "cache"))
+    IndexedDigits(data_dir=str(tmp_path)).download_and_prepare(
+        download_config=tfds.download.DownloadConfig(num_shards=4))
+    for split, count in (("train", 1000), ("test", 300)):
+        images, labels = data.load_tfds("indexed_digits", split, data_dir=str(tmp_path))
+        source_index = images[:, 0, 0, 0].astype(int) * 256 + images[:, 0, 1, 0]
+        np.testing.assert_array_equal(source_index, np.arange(count))
+        np.testing.assert_array_equal(labels, np.arange(count) % 10)
