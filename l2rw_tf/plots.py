@@ -188,10 +188,11 @@ def clean_set_size(run):
 
 
 def check_one_setting(runs, varying):
-    """Refuses to average runs that differ in anything but the seed and the `varying` flags."""
+    """Refuses to average runs that differ in anything but the seed and the `varying` flags.
+    A flag a run does not record does not apply to it (e.g. --meta_grad to a baseline run)."""
     keys = sorted({k for r in runs for k in r["flags"]} - set(PER_SEED_FLAGS) - set(varying))
     for key in keys:
-        values = {json.dumps(r["flags"].get(key)) for r in runs}
+        values = {json.dumps(r["flags"][key]) for r in runs if key in r["flags"]}
         if len(values) > 1:
             raise ValueError(f"runs of different settings mixed: --{key} takes the values "
                              f"{', '.join(sorted(values))}")

@@ -24,12 +24,19 @@ T = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776}
 # Synthetic run directories, in the format the CLI writes.
 
 def imbalance_flags(method, seed, pos_ratio):
-    return {"task": "imbalance", "dataset": "mnist", "model": "lenet", "method": method,
-            "meta_grad": "jvp", "seed": seed, "num_steps": 1000, "batch_size": 100,
-            "clean_batch_size": None, "lr": 0.001, "lr_boundaries": None, "lr_values": None,
-            "momentum": 0.9, "weight_decay": 0.0, "clean_weight_decay": True,
-            "hard_mining_pool": 500, "pos_ratio": pos_ratio, "ntrain": 5000, "nval": 10,
-            "ntest": 500}
+    return l2rw_only({
+        "task": "imbalance", "dataset": "mnist", "model": "lenet", "method": method,
+        "meta_grad": "layerwise", "seed": seed, "num_steps": 1000, "batch_size": 100,
+        "clean_batch_size": None, "lr": 0.001, "lr_boundaries": None, "lr_values": None,
+        "momentum": 0.9, "weight_decay": 0.0, "clean_weight_decay": True, "hard_mining_pool": 500,
+        "pos_ratio": pos_ratio, "ntrain": 5000, "nval": 10, "ntest": 500})
+
+
+def l2rw_only(flags):
+    """As `main.run_flags` records them: --meta_grad only for L2RW runs."""
+    if flags["method"] != "l2rw":
+        del flags["meta_grad"]
+    return flags
 
 
 def noisy_flags(method, seed, dataset="cifar10", noise="uniform", ratio=0.4, model="wrn28_10",
@@ -44,7 +51,7 @@ def noisy_flags(method, seed, dataset="cifar10", noise="uniform", ratio=0.4, mod
              "num_train_subset": None, "augment": True, "dropout": None, "units": None,
              "width": None, "finetune_from": None, "finetune_lr": 0.001}
     flags.update(extra)
-    return flags
+    return l2rw_only(flags)
 
 
 def make_run(run_dir, flags, final_accuracy, curve=None, finished=True, weights=None):
