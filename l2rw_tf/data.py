@@ -348,7 +348,8 @@ def mnist_imbalance(pos_ratio=0.995, ntrain=5000, nval=10, ntest=500, seed=0, da
 
     def take(labels, digit, counts, first=0, shuffled=True):
         """Source indices of `digit` (from index `first` on), shuffled, cut into consecutive
-        parts of `counts`."""
+        parts of `counts`. The shuffle is drawn even when `shuffled` is False, so the draws
+        after it stay the original's."""
         pool = first + np.flatnonzero(labels[first:] == digit)
         if sum(counts) > len(pool):
             raise DataError(f"asked for {sum(counts)} images of digit {digit} but only "
