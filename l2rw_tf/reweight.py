@@ -17,11 +17,13 @@ Two exact ways to get −∂l_g/∂ε at ε = 0 (reference §1):
   normalisation removes it.
 
 * `layerwise` (models whose examples are independent: a chain of Dense / Conv2D and parameter-free
-  layers, no BatchNorm or dropout): the same inner products without forward mode. One backward
-  pass of Σ_i C_i gives every example's output gradient δ_i of every layer (examples do not
-  interact), and for a layer z = a ∗ W + b, ⟨∇_W C_i, V⟩ + ⟨∇_b C_i, v_b⟩ = ⟨δ_i, a_i ∗ V + v_b⟩:
-  one convolution (or matmul) of the layer's input with the clean gradient. The weighted step's
-  gradient then comes from the same δ_i scaled by w_i, with no second backward pass.
+  layers, no BatchNorm or dropout): the same inner products without forward mode. One forward and
+  one backward pass over the noisy and clean batches together gives every example's output
+  gradient δ of every layer (examples do not interact); the clean rows give the clean gradient
+  (V, v_b) layer by layer, and for a layer z = a ∗ W + b,
+  ⟨∇_W C_i, V⟩ + ⟨∇_b C_i, v_b⟩ = ⟨δ_i, a_i ∗ V + v_b⟩: one convolution (or matmul) of the layer's
+  noisy input with the clean gradient. The weighted step's gradient then comes from the same δ_i
+  scaled by w_i, with no second backward pass.
 
 `jvp` and `layerwise` also come fused with the real step (`fused_l2rw_gradients`,
 `layerwise_l2rw_gradients`): the weights and the weighted gradient from one noisy forward pass.
@@ -173,16 +175,20 @@ def layerwise_layers(model):
     return chain
 
 
-def _layerwise_pass(model, noisy_batch, direction):
-    """The noisy forward pass layer by layer and one backward pass of Σ_i C_i. Returns the
-    per-example losses, the alignments ⟨∇θ C_i, direction⟩ and, per parameter layer,
-    (layer, input a, output gradients δ) for the weighted gradient."""
-    x, y = noisy_batch
-    x = after(direction, x)
-    position = {id(v): i for i, v in enumerate(model.trainable_variables)}
-    records = []  # (layer, input, pre-activation output)
+def _layerwise_pass(model, noisy_batch, clean_batch, include_regularization):
+    """The noisy and the clean batch in one forward and one backward pass, layer by layer.
+
+    Examples are independent, so the gradient of Σ_i C_i (noisy) + mean_j C_j (clean) holds every
+    example's own output gradient δ at every layer; one pass over n + m examples also runs faster
+    than two over n and m. Each layer's clean gradient is contracted from the clean rows, then
+    ⟨∇θ C_i, ∇θ l_g⟩ = Σ_layers ⟨δ_i, a_i ∗ V + v_b⟩ from the noisy rows.
+    Returns the noisy per-example losses, their alignments and, per parameter layer,
+    (layer, noisy input a, noisy output gradient δ) for the weighted gradient."""
+    (x, y), (clean_x, clean_y) = noisy_batch, clean_batch
+    n = tf.shape(y)[0]
+    records = []  # (layer, input, pre-activation output), noisy rows first
     with tf.GradientTape() as tape:
-        h = x
+        h = tf.concat([x, tf.cast(clean_x, x.dtype)], axis=0)
         for layer in layerwise_layers(model):
             if not isinstance(layer, PARAMETER_LAYERS):
                 h = layer(h, training=True)
@@ -191,15 +197,28 @@ def _layerwise_pass(model, noisy_batch, direction):
             tape.watch(z)
             records.append((layer, h, z))
             h = layer.activation(z)
-        losses = per_example_loss(y, h)
-    # Examples are independent, so the gradient of the sum holds each example's own δ_i.
-    deltas = tape.gradient(losses, [z for _, _, z in records])
-    alignment = tf.zeros_like(losses)
+        losses = per_example_loss(tf.concat([y, tf.cast(clean_y, y.dtype)], axis=0), h)
+        objective = tf.reduce_sum(losses[:n]) + tf.reduce_mean(losses[n:])
+    deltas = tape.gradient(objective, [z for _, _, z in records])
+    direction = {}  # id(variable) -> its part of ∇θ l_g
     for (layer, a, _), delta in zip(records, deltas):
-        v_bias = direction[position[id(layer.bias)]] if layer.use_bias else None
-        along = _linear(layer, a, direction[position[id(layer.kernel)]], v_bias)
-        alignment += tf.reduce_sum(tf.reshape(along * delta, [tf.shape(delta)[0], -1]), axis=1)
-    return losses, alignment, [(layer, a, delta) for (layer, a, _), delta in zip(records, deltas)]
+        direction.update(_layer_gradient(layer, a[n:], delta[n:]))
+    if include_regularization and model.losses:
+        with tf.GradientTape() as tape:
+            regularization = tf.add_n(model.losses)
+        variables = model.trainable_variables
+        for v, g in zip(variables, tape.gradient(regularization, variables)):
+            if g is not None:
+                direction[id(v)] += g
+    alignment = tf.zeros_like(losses[:n])
+    noisy_layers = []
+    for (layer, a, _), delta in zip(records, deltas):
+        a, delta = a[:n], delta[:n]
+        along = _linear(layer, a, direction[id(layer.kernel)],
+                        direction[id(layer.bias)] if layer.use_bias else None)
+        alignment += tf.reduce_sum(tf.reshape(along * delta, [n, -1]), axis=1)
+        noisy_layers.append((layer, a, delta))
+    return losses[:n], alignment, noisy_layers
 
 
 def _linear(layer, inputs, kernel, bias):
@@ -211,34 +230,43 @@ def _linear(layer, inputs, kernel, bias):
     return z if bias is None else z + bias
 
 
+def _layer_gradient(layer, inputs, output_gradients):
+    """{id(variable): gradient} of a Dense / Conv2D layer's kernel and bias, given its inputs and
+    the gradients of its (pre-activation) outputs."""
+    kernel = layer.kernel.value
+    with tf.GradientTape() as tape:  # only the kernel's gradient op is kept in the graph
+        tape.watch(kernel)
+        z = _linear(layer, inputs, kernel, None)
+    grads = {id(layer.kernel): tape.gradient(z, kernel, output_gradients=output_gradients)}
+    if layer.use_bias:
+        channels = output_gradients.shape[-1]
+        grads[id(layer.bias)] = tf.reduce_sum(tf.reshape(output_gradients, [-1, channels]), axis=0)
+    return grads
+
+
 def layerwise_alignment(model, noisy_batch, clean_batch, include_regularization=False):
     """⟨∇θ C_i, ∇θ l_g⟩ for every i, layer by layer (the `layerwise` method); equals
     `jvp_alignment` on the models it applies to."""
-    direction = clean_gradient(model, current_params(model), clean_batch, include_regularization)
-    return _layerwise_pass(model, noisy_batch, direction)[1]
+    return _layerwise_pass(model, noisy_batch, clean_batch, include_regularization)[1]
 
 
 def layerwise_l2rw_gradients(model, noisy_batch, clean_batch, include_regularization=False):
     """The whole L2RW step's gradient by the `layerwise` method (the fastest exact way on the
-    models it applies to): the noisy forward and backward pass run once, and the weighted gradient
-    of each layer is contracted from its input and its δ_i·w_i. Returns (gradients,
-    example_weights, per_example_losses, weighted_loss), like `fused_l2rw_gradients`."""
-    variables = model.trainable_variables
-    direction = clean_gradient(model, current_params(model), clean_batch, include_regularization)
-    losses, alignment, layers = _layerwise_pass(model, noisy_batch, direction)
+    models it applies to): one forward and one backward pass over the noisy and clean batches
+    together, and the weighted gradient of each layer contracted from its inputs and its δ_i·w_i,
+    over the examples of nonzero weight only (L2RW sets many to zero; they add nothing). Returns
+    (gradients, example_weights, per_example_losses, weighted_loss), like `fused_l2rw_gradients`."""
+    losses, alignment, layers = _layerwise_pass(
+        model, noisy_batch, clean_batch, include_regularization)
     weights = tf.stop_gradient(normalize_weights(alignment))
-    position = {id(v): i for i, v in enumerate(variables)}
-    grads = [tf.zeros_like(v) for v in variables]
+    kept = tf.where(weights > 0.0)[:, 0]
+    kept_weights = tf.gather(weights, kept)
+    grads = {}
     for layer, a, delta in layers:
-        weighted = delta * tf.reshape(weights, [-1] + [1] * (len(delta.shape) - 1))
-        kernel = layer.kernel.value
-        with tf.GradientTape() as tape:  # only the kernel's gradient op is kept in the graph
-            tape.watch(kernel)
-            z = _linear(layer, a, kernel, None)
-        grads[position[id(layer.kernel)]] = tape.gradient(z, kernel, output_gradients=weighted)
-        if layer.use_bias:
-            grads[position[id(layer.bias)]] = tf.reduce_sum(
-                tf.reshape(weighted, [-1, weighted.shape[-1]]), axis=0)
+        scale = tf.reshape(kept_weights, [-1] + [1] * (len(delta.shape) - 1))
+        grads.update(_layer_gradient(layer, tf.gather(a, kept), tf.gather(delta, kept) * scale))
+    variables = model.trainable_variables
+    grads = [grads[id(v)] for v in variables]
     loss = tf.reduce_sum(weights * losses)
     if model.losses:  # regularisation (e.g. weight decay): its own small gradient
         with tf.GradientTape() as tape:

@@ -320,11 +320,29 @@ def test_layerwise_step_equals_jvp_step(model_name):
         noisy, clean = batches(n=20, m=6, shape=(6, 6, 1), classes=3, seed=4)
     want = reweight.fused_l2rw_gradients(model, noisy, clean, include_regularization=True)
     got = reweight.layerwise_l2rw_gradients(model, noisy, clean, include_regularization=True)
-    assert float(tf.reduce_sum(tf.cast(got[1] > 0, tf.int32))) >= 2  # some weights are non-zero
+    # Some weights are zero (their examples are left out of the weighted gradient), some not.
+    assert 2 <= int(tf.reduce_sum(tf.cast(got[1] > 0, tf.int32))) <= 18
     for name, a, b in zip(("weights", "losses", "loss"), got[1:4], want[1:4]):
         assert relative_error(a, b) <= 1e-5, name
     for a, b in zip(got[0], want[0]):
         assert relative_error(a, b) <= 1e-4
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_layerwise_step_with_every_weight_zero(compiled):
+    """A clean batch that disagrees with every noisy example (the same image, the other label):
+    all weights are zero, no example is kept, and the step's gradient is zero, eagerly and in a
+    `tf.function` (where the kept set has an unknown, here empty, size)."""
+    model = lenet(1, seed=1)
+    image = tf.random.stateless_uniform([1, 28, 28, 1], seed=[3, 4])
+    noisy = (tf.repeat(image, 8, axis=0), tf.ones([8], tf.int64))
+    clean = (tf.repeat(image, 3, axis=0), tf.zeros([3], tf.int64))
+    step = reweight.layerwise_l2rw_gradients
+    grads, weights, losses, loss = (tf.function(step) if compiled else step)(model, noisy, clean)
+    assert float(tf.reduce_max(reweight.layerwise_alignment(model, noisy, clean))) < 0
+    assert not np.any(weights.numpy()) and float(loss) == 0.0
+    assert all(not np.any(g.numpy()) for g in grads)
+    assert [g.shape for g in grads] == [v.shape for v in model.trainable_variables]
 
 
 def test_layerwise_refuses_models_it_does_not_apply_to():
