@@ -12,7 +12,7 @@ def test_bench_rows_have_every_variant_and_agreeing_weights():
     (row,) = rows
     assert set(row["ms_per_step"]) == {"baseline", "l2rw_lookahead", "l2rw_jvp",
                                        "l2rw_jvp_unfused", "l2rw_lookahead_unfused",
-                                       "l2rw_layerwise"}
+                                       "l2rw_layerwise", bench.FLOOR}
     assert all(ms > 0 for ms in row["ms_per_step"].values())
     assert row["ratio_to_baseline"]["baseline"] == 1.0
     assert set(row["weights_relative_error"]) == {"lookahead", "jvp", "layerwise"}
@@ -24,6 +24,7 @@ def test_bench_rows_have_every_variant_and_agreeing_weights():
     assert "lenet" in table and "l2rw_layerwise" in table
     # lookahead and its unfused twin (not asked), layerwise (not applicable)
     assert table.splitlines()[-1].split().count("-") == 3
+    assert bench.FLOOR in rows[1]["ratio_to_baseline"]
 
 
 def write_run(root, name, flags, result):
