@@ -175,14 +175,27 @@ def layerwise_layers(model):
     return chain
 
 
-def _layerwise_pass(model, noisy_batch, clean_batch, include_regularization):
+def _regularization_gradients(model):
+    """(Σ model.losses, {id(variable): its gradient}), or (0, {}) for a model without
+    regularisation losses."""
+    if not model.losses:
+        return tf.zeros([]), {}
+    variables = model.trainable_variables
+    with tf.GradientTape() as tape:
+        regularization = tf.add_n(model.losses)
+    grads = tape.gradient(regularization, variables)
+    return regularization, {id(v): g for v, g in zip(variables, grads) if g is not None}
+
+
+def _layerwise_pass(model, noisy_batch, clean_batch, regularization_grads):
     """The noisy and the clean batch in one forward and one backward pass, layer by layer.
 
     Examples are independent, so the gradient of Σ_i C_i (noisy) + mean_j C_j (clean) holds every
     example's own output gradient δ at every layer; one pass over n + m examples also runs faster
     than two over n and m. Each layer's clean gradient is contracted from the clean rows, then
     ⟨∇θ C_i, ∇θ l_g⟩ = Σ_layers ⟨δ_i, a_i ∗ V + v_b⟩ from the noisy rows.
-    Returns the noisy per-example losses, their alignments and, per parameter layer,
+    `regularization_grads` ({id(variable): gradient}, empty for none) is added to the clean
+    gradient. Returns the noisy per-example losses, their alignments and, per parameter layer,
     (layer, noisy input a, noisy output gradient δ) for the weighted gradient."""
     (x, y), (clean_x, clean_y) = noisy_batch, clean_batch
     n = tf.shape(y)[0]
@@ -198,19 +211,15 @@ def _layerwise_pass(model, noisy_batch, clean_batch, include_regularization):
             records.append((layer, h, z))
             h = layer.activation(z)
         losses = per_example_loss(tf.concat([y, tf.cast(clean_y, y.dtype)], axis=0), h)
-        objective = tf.reduce_sum(losses[:n]) + tf.reduce_mean(losses[n:])
+        noisy_losses = losses[:n]
+        objective = tf.reduce_sum(noisy_losses) + tf.reduce_mean(losses[n:])
     deltas = tape.gradient(objective, [z for _, _, z in records])
     direction = {}  # id(variable) -> its part of ∇θ l_g
     for (layer, a, _), delta in zip(records, deltas):
         direction.update(_layer_gradient(layer, a[n:], delta[n:]))
-    if include_regularization and model.losses:
-        with tf.GradientTape() as tape:
-            regularization = tf.add_n(model.losses)
-        variables = model.trainable_variables
-        for v, g in zip(variables, tape.gradient(regularization, variables)):
-            if g is not None:
-                direction[id(v)] += g
-    alignment = tf.zeros_like(losses[:n])
+    for key, grad in regularization_grads.items():
+        direction[key] += grad
+    alignment = tf.zeros_like(noisy_losses)
     noisy_layers = []
     for (layer, a, _), delta in zip(records, deltas):
         a, delta = a[:n], delta[:n]
@@ -218,7 +227,7 @@ def _layerwise_pass(model, noisy_batch, clean_batch, include_regularization):
                         direction[id(layer.bias)] if layer.use_bias else None)
         alignment += tf.reduce_sum(tf.reshape(along * delta, [n, -1]), axis=1)
         noisy_layers.append((layer, a, delta))
-    return losses[:n], alignment, noisy_layers
+    return noisy_losses, alignment, noisy_layers
 
 
 def _linear(layer, inputs, kernel, bias):
@@ -247,7 +256,8 @@ def _layer_gradient(layer, inputs, output_gradients):
 def layerwise_alignment(model, noisy_batch, clean_batch, include_regularization=False):
     """⟨∇θ C_i, ∇θ l_g⟩ for every i, layer by layer (the `layerwise` method); equals
     `jvp_alignment` on the models it applies to."""
-    return _layerwise_pass(model, noisy_batch, clean_batch, include_regularization)[1]
+    regularization_grads = _regularization_gradients(model)[1] if include_regularization else {}
+    return _layerwise_pass(model, noisy_batch, clean_batch, regularization_grads)[1]
 
 
 def layerwise_l2rw_gradients(model, noisy_batch, clean_batch, include_regularization=False):
@@ -256,8 +266,10 @@ def layerwise_l2rw_gradients(model, noisy_batch, clean_batch, include_regulariza
     together, and the weighted gradient of each layer contracted from its inputs and its δ_i·w_i,
     over the examples of nonzero weight only (L2RW sets many to zero; they add nothing). Returns
     (gradients, example_weights, per_example_losses, weighted_loss), like `fused_l2rw_gradients`."""
+    # The regularisation gradient serves the clean meta loss (if asked) and the real step.
+    regularization, regularization_grads = _regularization_gradients(model)
     losses, alignment, layers = _layerwise_pass(
-        model, noisy_batch, clean_batch, include_regularization)
+        model, noisy_batch, clean_batch, regularization_grads if include_regularization else {})
     weights = tf.stop_gradient(normalize_weights(alignment))
     kept = tf.where(weights > 0.0)[:, 0]
     kept_weights = tf.gather(weights, kept)
@@ -265,16 +277,10 @@ def layerwise_l2rw_gradients(model, noisy_batch, clean_batch, include_regulariza
     for layer, a, delta in layers:
         scale = tf.reshape(kept_weights, [-1] + [1] * (len(delta.shape) - 1))
         grads.update(_layer_gradient(layer, tf.gather(a, kept), tf.gather(delta, kept) * scale))
-    variables = model.trainable_variables
-    grads = [grads[id(v)] for v in variables]
-    loss = tf.reduce_sum(weights * losses)
-    if model.losses:  # regularisation (e.g. weight decay): its own small gradient
-        with tf.GradientTape() as tape:
-            regularization = tf.add_n(model.losses)
-        reg_grads = tape.gradient(regularization, variables)
-        grads = [g if r is None else g + r for g, r in zip(grads, reg_grads)]
-        loss += regularization
-    return grads, weights, losses, loss
+    for key, grad in regularization_grads.items():
+        grads[key] += grad
+    grads = [grads[id(v)] for v in model.trainable_variables]
+    return grads, weights, losses, tf.reduce_sum(weights * losses) + regularization
 
 
 def example_weights(model, noisy_batch, clean_batch, meta_grad="jvp",
