@@ -1,6 +1,7 @@
 """Figures and tables of the paper, regenerated from the run directories the CLI writes.
 
     python -m l2rw_tf.plots --runs=runs/cpu --out=results/cpu --scale=cpu
+    python -m l2rw_tf.plots --run=RUN_DIR --out=DIR     # one run: histogram, ranking, precision
 
 reads every run directory below `--runs` (`flags.json`, `metrics.csv`, `result.json`,
 `example_weights.csv`; see train.py) and writes PNG figures, the CSV behind each of them and a
@@ -9,12 +10,26 @@ markdown table into `--out`:
 * `mnist_imbalance.png`: test error vs proportion of the majority class, per method (paper Fig. 2).
 * `curves_<experiment>.png`: test accuracy vs iteration, baseline vs L2RW (the report's figures).
 * `weights_<experiment>.png`: histogram of L2RW's per-example mean weights, clean vs corrupted
-  examples (paper Fig. 3), and `mislabelled_<experiment>/`: the training examples ranked by mean
-  weight (lowest first: the likeliest mislabelled) with the precision of that ranking.
+  examples (paper Fig. 3), and `mislabelled_<experiment>/`: the training examples ranked
+  likeliest mislabelled first (`ranked_examples.csv`) with the precision and recall of that
+  ranking (`mislabel_precision.json`).
 * `clean_set_sweep.png`, `noise_sweep.png`: test accuracy vs clean-set size and vs noise ratio
   (paper Figs. 4 and 5).
 * `results_table.md` / `.csv`: final test accuracy, mean ± 95% CI over seeds, per setting and
   method, next to the paper's number (reference.md §4).
+
+The mislabelled ranking sorts by a key of the example's own scores: lowest mean weight, then
+lowest `label_probability` (the final model's probability of the given label, in
+example_weights.csv of runs that recorded it), then most often at weight zero. Never by index:
+the noise corrupts a contiguous block of indices, and L2RW gives tens of thousands of examples
+mean weight exactly 0, so an index tie-break would decide the precision. Examples equal in the
+whole key are one tie group; precision@k and recall@k are the expectation over a random order
+of each group (the examples before the group at rank k count fully, the group its corrupted
+fraction times its slots up to k), so a ranking whose scores say nothing scores chance, the
+corrupted fraction. The JSON also gives the chance level, the group at mean weight exactly 0
+(size, corrupted fraction), whether the secondary score was there, and the ties across each k;
+the CSV gives each row's tie group as a rank range (rows within a group in a seeded random
+order).
 
 Figures find their runs by experiment: run_experiments.sh writes each run to
 `RUNS/<experiment>/<run>/` (the experiment names are below). The table takes every finished run
@@ -340,15 +355,27 @@ def curves_figure(groups, out_path, title=None):
 # ---------------------------------------------------------------------------------------------
 # Paper Fig. 3 and the mislabelled-example export, from example_weights.csv.
 
+# The columns of example_weights.csv read here (train.py writes them) and the optional one:
+# the final model's probability of each example's given label, absent from older runs.
+WEIGHT_COLUMNS = ("index", "label", "is_noisy", "times_seen", "mean_weight", "zero_fraction")
+SECONDARY_SCORE = "label_probability"
+
+
 def read_example_weights(run_dir):
     """The rows of `example_weights.csv` as numpy columns, examples never seen left out (their
-    mean weight is undefined)."""
+    mean weight is undefined). `label_probability` is among them only if the file has it."""
     path = os.path.join(run_dir, "example_weights.csv")
     if not os.path.exists(path):
         raise NoRuns(f"{path} does not exist (written by finished noisy-task runs)")
-    rows = read_csv(path)
-    columns = {k: np.array([to_float(r[k]) for r in rows]) for k in
-               ("index", "label", "is_noisy", "times_seen", "mean_weight", "zero_fraction")}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        header = reader.fieldnames or []
+    missing = [k for k in WEIGHT_COLUMNS if k not in header]
+    if missing:
+        raise ValueError(f"{path} has no column {', '.join(missing)}")
+    names = WEIGHT_COLUMNS + ((SECONDARY_SCORE,) if SECONDARY_SCORE in header else ())
+    columns = {k: np.array([to_float(r[k]) for r in rows], dtype=np.float64) for k in names}
     seen = (columns["times_seen"] > 0) & np.isfinite(columns["mean_weight"])
     return {k: v[seen] for k, v in columns.items()}, len(rows)
 
@@ -367,6 +394,7 @@ def weight_histogram(run_dir, out_path, bins=40):
     rows = [{"bin_left": float(a), "bin_right": float(b), "clean_count": int(c),
              "corrupted_count": int(n)}
             for a, b, c, n in zip(edges[:-1], edges[1:], clean_counts, noisy_counts)]
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     write_rows(os.path.splitext(out_path)[0] + ".csv", rows)
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -384,42 +412,165 @@ def weight_histogram(run_dir, out_path, bins=40):
     return rows
 
 
-def rank_by_weight(columns):
-    """Order of the examples, likeliest mislabelled first: lowest mean weight, then most often
-    at zero, then index (so the ranking is deterministic)."""
-    return np.lexsort((columns["index"], -columns["zero_fraction"], columns["mean_weight"]))
+def has_secondary_score(columns):
+    """Whether the run recorded the final model's probability of the given labels (a column
+    with at least one value)."""
+    return SECONDARY_SCORE in columns and bool(np.isfinite(columns[SECONDARY_SCORE]).any())
 
 
-def precision_at(is_noisy_ranked, k):
-    """Fraction of corrupted examples among the first k of a ranking."""
-    return float(np.mean(is_noisy_ranked[:k]))
+def ranking_key(columns):
+    """The scores the mislabelled ranking sorts by, ascending, most important first, as
+    [(name, column)]: the mean weight (L2RW's verdict), then the final model's probability of
+    the given label when the run recorded it (the model doubts the label), then how often the
+    example was at weight zero (negated: most often first). Only scores of the example itself:
+    its index is never one, since the index says nothing about an example's label but the noise
+    corrupts a contiguous block of indices (noise.corrupt_labels), so an index tie-break turns a
+    tie into a fake precision of 1 or 0. Examples equal in every score are one tie group."""
+    key = [("mean_weight", columns["mean_weight"])]
+    if has_secondary_score(columns):
+        key.append((SECONDARY_SCORE, columns[SECONDARY_SCORE]))
+    key.append(("-zero_fraction", -columns["zero_fraction"]))
+    return key
+
+
+def rank_by_weight(columns, seed=0):
+    """Order of the examples, likeliest mislabelled first: ascending `ranking_key` (lowest mean
+    weight, then lowest probability of the given label, then most often at zero). Examples
+    tied in the whole key are put in a random order (fixed `seed`, so the files are
+    reproducible), never by index; the reported precision does not depend on that order
+    (`expected_hits`). Missing (nan) scores sort last within their key."""
+    key = [column for _, column in ranking_key(columns)]
+    shuffle = np.random.default_rng(seed).permutation(len(key[0]))
+    return np.lexsort([shuffle] + key[::-1])
+
+
+def tie_groups(key_ranked):
+    """Tie group of each position of a ranking, 0, 1, ... in rank order, from the key columns
+    (already in rank order): a new group starts wherever any score differs from the one
+    before (two missing scores are equal)."""
+    n = len(key_ranked[0]) if key_ranked else 0
+    new = np.zeros(n, dtype=bool)
+    if n:
+        new[0] = True
+    for column in key_ranked:
+        a, b = column[1:], column[:-1]
+        new[1:] |= ~((a == b) | (np.isnan(a) & np.isnan(b)))
+    return np.cumsum(new) - 1
+
+
+def expected_hits(is_noisy_ranked, k, groups=None):
+    """Expected number of corrupted examples among the first k of a ranking if every tie group
+    were ordered at random: the examples ranked strictly before the tie group at rank k count
+    fully, and that group gives its corrupted fraction times its slots up to k. Without
+    `groups`, no ties: the plain count."""
+    noisy = np.asarray(is_noisy_ranked, dtype=np.float64)
+    if groups is None:
+        return float(noisy[:k].sum())
+    groups = np.asarray(groups)
+    g = groups[k - 1]
+    start = int(np.searchsorted(groups, g, side="left"))
+    end = int(np.searchsorted(groups, g, side="right"))
+    return float(noisy[:start].sum() + (k - start) * noisy[start:end].mean())
+
+
+def precision_at(is_noisy_ranked, k, groups=None):
+    """Fraction of corrupted examples among the first k of a ranking, ties (`groups`, see
+    `tie_groups`) in a random order: `expected_hits` / k."""
+    return expected_hits(is_noisy_ranked, k, groups) / k
+
+
+def tie_across(groups, k):
+    """(first rank, last rank), 1-based, of the tie group holding both rank k and rank k + 1,
+    or None when rank k ends a group (then the order within ties does not matter at k)."""
+    if k >= len(groups) or groups[k] != groups[k - 1]:
+        return None
+    return (int(np.searchsorted(groups, groups[k], side="left")) + 1,
+            int(np.searchsorted(groups, groups[k], side="right")))
 
 
 def export_mislabelled(run_dir, out_dir, top_k=None):
-    """Ranks the training examples of a finished run by ascending mean weight: writes
-    `ranked_examples.csv` (the first `top_k`, all if None) and `mislabel_precision.json`, the
-    precision of the ranking against the known corruption at k = 100, 500, 1000 and the number
-    of corrupted examples (random ranking: the corrupted fraction). Returns that summary."""
+    """Ranks the training examples of a finished run, likeliest mislabelled first
+    (`rank_by_weight`): writes `ranked_examples.csv` (the first `top_k`, all if None) and
+    `mislabel_precision.json`, the precision and recall of the ranking against the known
+    corruption at k = 100, 500, 1000 and the number of corrupted examples. Ties are counted as
+    if ordered at random (`expected_hits`), so a ranking whose scores say nothing scores chance
+    (the corrupted fraction). Returns that summary."""
     columns, num_examples = read_example_weights(run_dir)
     order = rank_by_weight(columns)
     ranked = {k: v[order] for k, v in columns.items()}
+    key = ranking_key(ranked)
+    groups = tie_groups([column for _, column in key])
     is_noisy = ranked["is_noisy"] > 0
-    num_corrupted = int(is_noisy.sum())
-    ks = [k for k in dict.fromkeys((100, 500, 1000, num_corrupted)) if 0 < k <= len(order)]
-    summary = {"run_dir": run_dir, "num_examples": num_examples, "num_ranked": len(order),
-               "num_corrupted": num_corrupted,
-               "corrupted_fraction": num_corrupted / len(order) if len(order) else math.nan,
-               "precision_at": {str(k): precision_at(is_noisy, k) for k in ks}}
+    num_ranked, num_corrupted = len(order), int(is_noisy.sum())
+    ks = [k for k in dict.fromkeys((100, 500, 1000, num_corrupted)) if 0 < k <= num_ranked]
+    hits = {k: expected_hits(is_noisy, k, groups) for k in ks}
+    zero = ranked["mean_weight"] == 0
+    num_zero, zero_corrupted = int(zero.sum()), int((zero & is_noisy).sum())
+    across = {k: tie_across(groups, k) for k in ks}
+    sizes = np.bincount(groups) if num_ranked else np.zeros(0, dtype=int)
+    has_score = has_secondary_score(columns)
+    summary = {
+        "run_dir": run_dir, "num_examples": num_examples, "num_ranked": num_ranked,
+        "num_corrupted": num_corrupted,
+        "corrupted_fraction": num_corrupted / num_ranked if num_ranked else None,
+        "chance_precision": num_corrupted / num_ranked if num_ranked else None,
+        "ranking_key": [name for name, _ in key],
+        "secondary_score": SECONDARY_SCORE if has_score else None,
+        "secondary_score_note": (
+            "ties in mean weight broken by the final model's probability of the given label "
+            "(lowest first)" if has_score else
+            "example_weights.csv has no label_probability column (a run written before it "
+            "existed) or no value in it: no secondary score, ties in mean weight are broken by "
+            "the zero fraction only, and count at random order"),
+        "ties": "precision and recall are expectations over a random order of each tie group "
+                "(examples equal in every ranking_key score); never decided by the index",
+        "precision_at": {str(k): hits[k] / k for k in ks},
+        "recall_at": {str(k): hits[k] / num_corrupted if num_corrupted else None
+                      for k in ks},
+        "zero_weight_group": {
+            "size": num_zero, "num_corrupted": zero_corrupted,
+            "corrupted_fraction": zero_corrupted / num_zero if num_zero else None},
+        "num_tie_groups": int(len(sizes)),
+        "largest_tie_group": int(sizes.max()) if len(sizes) else 0,
+        "tie_across_k": {str(k): None if r is None else {
+            "first_rank": r[0], "last_rank": r[1], "size": r[1] - r[0] + 1,
+            "corrupted_fraction": float(is_noisy[r[0] - 1:r[1]].mean())}
+            for k, r in across.items()},
+        "largest_tie_across_k": max([r[1] - r[0] + 1 for r in across.values() if r] or [0]),
+    }
     os.makedirs(out_dir, exist_ok=True)
-    keep = len(order) if top_k is None else min(top_k, len(order))
+    keep = num_ranked if top_k is None else min(top_k, num_ranked)
+    first = np.searchsorted(groups, groups, side="left") + 1
+    last = np.searchsorted(groups, groups, side="right")
+    fields = ["rank", "index", "label", "is_noisy", "mean_weight", SECONDARY_SCORE,
+              "zero_fraction", "tie_first_rank", "tie_last_rank"]
     write_rows(os.path.join(out_dir, "ranked_examples.csv"),
-               [{"index": int(ranked["index"][i]), "label": int(ranked["label"][i]),
+               [{"rank": i + 1, "index": int(ranked["index"][i]), "label": int(ranked["label"][i]),
                  "is_noisy": int(is_noisy[i]), "mean_weight": float(ranked["mean_weight"][i]),
-                 "zero_fraction": float(ranked["zero_fraction"][i])} for i in range(keep)],
-               fieldnames=["index", "label", "is_noisy", "mean_weight", "zero_fraction"])
+                 SECONDARY_SCORE: float(ranked[SECONDARY_SCORE][i]) if has_score else "",
+                 "zero_fraction": float(ranked["zero_fraction"][i]),
+                 "tie_first_rank": int(first[i]), "tie_last_rank": int(last[i])}
+                for i in range(keep)], fieldnames=fields)
     with open(os.path.join(out_dir, "mislabel_precision.json"), "w") as f:
         json.dump(summary, f, indent=2)
     return summary
+
+
+def summary_lines(summary):
+    """The precision and recall of a ranking, and what its ties hide, as lines to print."""
+    chance = summary["chance_precision"]
+    number = lambda x: "n/a" if x is None else f"{x:.3f}"  # noqa: E731
+    lines = [f"precision@{k} {number(p)}  recall@{k} {number(summary['recall_at'][k])}"
+             for k, p in summary["precision_at"].items()]
+    lines.append(f"chance (corrupted fraction): {number(chance)}")
+    zero = summary["zero_weight_group"]
+    if zero["size"]:
+        lines.append(f"mean weight exactly 0: {zero['size']} examples, "
+                     f"{zero['corrupted_fraction']:.3f} corrupted")
+    lines.append(f"secondary score: {summary['secondary_score'] or 'none'}; largest tie "
+                 f"across a reported k: {summary['largest_tie_across_k']} examples "
+                 f"(counted at random order)")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------
@@ -744,7 +895,7 @@ def main(argv=None):
         if args.run is not None:
             weight_histogram(args.run, os.path.join(out_dir, "weights.png"))
             summary = export_mislabelled(args.run, out_dir, top_k)
-            print(json.dumps(summary["precision_at"]))
+            print("\n".join(summary_lines(summary)))
             return 0
         if not os.path.isdir(args.runs):
             raise ValueError(f"--runs={args.runs} is not a directory")

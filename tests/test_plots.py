@@ -10,6 +10,7 @@ import statistics
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from conftest import REPO
@@ -84,8 +85,8 @@ def make_run(run_dir, flags, final_accuracy, curve=None, finished=True, weights=
             json.dump(result, f)
     if weights is not None:
         with open(os.path.join(run_dir, "example_weights.csv"), "w", newline="") as f:
-            out = csv.DictWriter(f, fieldnames=["index", "label", "true_label", "is_noisy",
-                                                "times_seen", "mean_weight", "zero_fraction"])
+            # train.py's columns; label_probability only if the rows have it (newer runs).
+            out = csv.DictWriter(f, fieldnames=list(weights[0]))
             out.writeheader()
             out.writerows(weights)
 
@@ -216,23 +217,165 @@ def test_weight_histogram_counts_clean_and_corrupted_examples(tmp_path):
 
 
 def test_precision_of_the_mislabelled_ranking(tmp_path):
+    """An old example_weights.csv (no label_probability column) still ranks and reports."""
     make_run(tmp_path / "run", noisy_flags("l2rw", 0), 0.8, weights=example_weights())
     summary = plots.export_mislabelled(str(tmp_path / "run"), str(tmp_path / "out"), top_k=600)
-    # Ranked: the 350 corrupted at weight 0, then clean ones (0.5 + i/2000), the 50 corrupted at
-    # weight 2 last; example 1 (never seen) is not ranked.
+    # Ranked: the 350 corrupted at weight 0 (one tie), then clean ones (0.5 + i/2000), the 50
+    # corrupted at weight 2 last; example 1 (never seen) is not ranked.
     assert summary["num_examples"] == 2000 and summary["num_ranked"] == 1999
     assert summary["num_corrupted"] == 400
     assert summary["precision_at"] == {"100": 1.0, "500": 350 / 500, "1000": 350 / 1000,
                                        "400": 350 / 400}
+    assert summary["chance_precision"] == summary["corrupted_fraction"] == 400 / 1999
+    assert summary["recall_at"] == {"100": 100 / 400, "500": 350 / 400, "1000": 350 / 400,
+                                    "400": 350 / 400}
+    assert summary["zero_weight_group"] == {"size": 350, "num_corrupted": 350,
+                                            "corrupted_fraction": 1.0}
+    assert summary["secondary_score"] is None
+    assert "no label_probability column" in summary["secondary_score_note"]
+    assert summary["ranking_key"] == ["mean_weight", "-zero_fraction"]
+    # The 350-example tie crosses k = 100 only; every clean weight differs.
+    assert summary["tie_across_k"]["100"] == {"first_rank": 1, "last_rank": 350, "size": 350,
+                                              "corrupted_fraction": 1.0}
+    assert summary["tie_across_k"]["500"] is None and summary["largest_tie_across_k"] == 350
+    # One tie of 350 at weight 0, one of the 50 at weight 2, the 1,599 clean ones alone.
+    assert summary["largest_tie_group"] == 350 and summary["num_tie_groups"] == 1 + 1 + 1599
     assert json.loads((tmp_path / "out" / "mislabel_precision.json").read_text()) == summary
     ranked = read_rows(tmp_path / "out" / "ranked_examples.csv")
-    assert list(ranked[0]) == ["index", "label", "is_noisy", "mean_weight", "zero_fraction"]
-    assert len(ranked) == 600
-    assert [int(r["index"]) for r in ranked[:3]] == [0, 5, 10]  # ties: by index
-    assert all(r["is_noisy"] == "1" for r in ranked[:350])
+    assert list(ranked[0]) == ["rank", "index", "label", "is_noisy", "mean_weight",
+                               "label_probability", "zero_fraction", "tie_first_rank",
+                               "tie_last_rank"]
+    assert len(ranked) == 600 and [int(r["rank"]) for r in ranked] == list(range(1, 601))
+    assert all(r["label_probability"] == "" for r in ranked)
+    assert {int(r["index"]) for r in ranked[:350]} == set(range(0, 1750, 5))
+    assert [int(r["index"]) for r in ranked[:350]] != sorted(int(r["index"]) for r in ranked[:350])
+    assert all((r["tie_first_rank"], r["tie_last_rank"]) == ("1", "350") for r in ranked[:350])
     assert [int(r["index"]) for r in ranked[350:352]] == [2, 3]  # then the lightest clean ones
+    assert (ranked[350]["tie_first_rank"], ranked[350]["tie_last_rank"]) == ("351", "351")
     weights = [float(r["mean_weight"]) for r in ranked]
     assert weights == sorted(weights)
+
+
+def constant_weights(num, corrupted):
+    """A baseline's example_weights.csv: every mean weight 1, never zero, in the old format (no
+    label_probability); the examples of `corrupted` (indices) have a wrong label."""
+    return [{"index": i, "label": (i + 1) % 10 if i in corrupted else i % 10,
+             "true_label": i % 10, "is_noisy": int(i in corrupted), "times_seen": 7,
+             "mean_weight": 1.0, "zero_fraction": 0.0} for i in range(num)]
+
+
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_a_ranking_that_ignores_the_weights_scores_chance(tmp_path, where):
+    """All weights equal (a baseline) and 40% of labels corrupted, as noise.corrupt_labels does
+    it: the first indices of the pool, or (so that no index direction helps) the last ones.
+    The scores say nothing, so precision@k is chance and recall@k is k / n, at every k."""
+    num = 2000
+    corrupted = set(range(800)) if where == "first" else set(range(num - 800, num))
+    make_run(tmp_path / "run", noisy_flags("baseline", 0), 0.8,
+             weights=constant_weights(num, corrupted))
+    summary = plots.export_mislabelled(str(tmp_path / "run"), str(tmp_path / "out"))
+    assert sorted(summary["precision_at"], key=int) == ["100", "500", "800", "1000"]
+    for k, precision in summary["precision_at"].items():
+        assert precision == pytest.approx(0.4, abs=1e-12), k
+    assert summary["chance_precision"] == 0.4
+    for k in summary["precision_at"]:
+        assert summary["recall_at"][k] == pytest.approx(int(k) / num, abs=1e-12), k
+        assert summary["tie_across_k"][k]["size"] == num
+    assert summary["largest_tie_across_k"] == summary["largest_tie_group"] == num
+    assert summary["zero_weight_group"] == {"size": 0, "num_corrupted": 0,
+                                            "corrupted_fraction": None}
+
+
+def test_precision_does_not_depend_on_the_index(tmp_path):
+    """An L2RW-like run: 1,500 examples at mean weight exactly 0 (1,000 of them corrupted), then
+    clean ones with distinct weights. Numbering the examples backwards changes no number."""
+    rows = []
+    for i in range(3000):
+        zero = i < 1500
+        rows.append({"index": i, "label": 0, "true_label": 0 if i >= 1000 else 1,
+                     "is_noisy": int(i < 1000), "times_seen": 5,
+                     "mean_weight": 0.0 if zero else 0.5 + i / 3000,
+                     "zero_fraction": 1.0 if zero else 0.2})
+    backwards = [dict(r, index=2999 - r["index"]) for r in reversed(rows)]
+    summaries = []
+    for name, weights in (("forward", rows), ("backward", backwards)):
+        make_run(tmp_path / name, noisy_flags("l2rw", 0), 0.8, weights=weights)
+        summaries.append(plots.export_mislabelled(str(tmp_path / name),
+                                                  str(tmp_path / f"{name}_out")))
+    forward, backward = summaries
+    assert forward["precision_at"] == backward["precision_at"]
+    # Inside the zero-weight tie: its corrupted fraction, 2/3, at every k it covers.
+    assert forward["precision_at"]["100"] == pytest.approx(2 / 3)
+    assert forward["precision_at"]["1000"] == pytest.approx(2 / 3)
+    assert forward["recall_at"]["1000"] == pytest.approx(2 / 3)
+    assert forward["zero_weight_group"] == {"size": 1500, "num_corrupted": 1000,
+                                            "corrupted_fraction": pytest.approx(2 / 3)}
+    assert forward["largest_tie_across_k"] == 1500
+
+
+def test_label_probability_breaks_the_tie_at_weight_zero(tmp_path):
+    """With the final model's probability of the given label, the examples at mean weight 0 are
+    ranked by it: the corrupted ones, which the model doubts, first, though their indices come
+    last. An exact tie in the probability too is still counted at random order."""
+    rows = []
+    for i in range(2000):
+        zero = i < 1000
+        noisy = 400 <= i < 1000          # the last 600 of the zero-weight group
+        probability = 0.01 + i / 100_000 if noisy else 0.5 + i / 10_000
+        rows.append({"index": i, "label": 1 if noisy else 0, "true_label": 0,
+                     "is_noisy": int(noisy), "times_seen": 5,
+                     "mean_weight": 0.0 if zero else 0.5 + i / 2000,
+                     "zero_fraction": 1.0 if zero else 0.0, "label_probability": probability})
+    for i in (0, 1, 998, 999):           # two clean, two corrupted: one tie at probability 0
+        rows[i]["label_probability"] = 0.0
+    make_run(tmp_path / "run", noisy_flags("l2rw", 0), 0.8, weights=rows)
+    summary = plots.export_mislabelled(str(tmp_path / "run"), str(tmp_path / "out"))
+    assert summary["num_corrupted"] == 600
+    # Ranks 1-4: the probability-0 tie (half corrupted), then the other 598 corrupted ones.
+    assert summary["precision_at"]["100"] == pytest.approx(98 / 100)
+    assert summary["precision_at"]["600"] == pytest.approx(598 / 600)
+    assert summary["secondary_score"] == "label_probability"
+    assert summary["ranking_key"] == ["mean_weight", "label_probability", "-zero_fraction"]
+    assert summary["recall_at"]["600"] == pytest.approx(598 / 600)
+    assert summary["precision_at"]["1000"] == pytest.approx(600 / 1000)
+    assert summary["zero_weight_group"]["size"] == 1000
+    assert summary["largest_tie_across_k"] == 0 and summary["largest_tie_group"] == 4
+    ranked = read_rows(tmp_path / "out" / "ranked_examples.csv")
+    assert {int(r["index"]) for r in ranked[:4]} == {0, 1, 998, 999}
+    assert all((r["tie_first_rank"], r["tie_last_rank"]) == ("1", "4") for r in ranked[:4])
+    assert [int(r["index"]) for r in ranked[4:602]] == list(range(400, 998))
+    probabilities = [float(r["label_probability"]) for r in ranked[:1000]]
+    assert probabilities == sorted(probabilities)
+
+
+def test_tie_aware_precision_helpers():
+    noisy = np.array([1, 1, 0, 1, 0, 0, 1, 0])
+    groups = plots.tie_groups([np.array([0., 0., 1., 1., 1., 1., 2., np.nan])])
+    assert list(groups) == [0, 0, 1, 1, 1, 1, 2, 3]
+    assert plots.expected_hits(noisy, 3, groups) == pytest.approx(2 + 1 / 4)
+    assert plots.expected_hits(noisy, 6, groups) == 3
+    assert plots.precision_at(noisy, 3) == pytest.approx(2 / 3)  # no groups: the plain count
+    assert plots.tie_across(groups, 3) == (3, 6) and plots.tie_across(groups, 2) is None
+    # Two missing scores are one tie; a second key column splits a group.
+    assert list(plots.tie_groups([np.array([np.nan, np.nan, 1.]),
+                                  np.array([0., 1., 1.])])) == [0, 1, 2]
+    assert list(plots.tie_groups([np.array([np.nan, np.nan])])) == [0, 0]
+    # A label_probability column without a value is no secondary score.
+    assert not plots.has_secondary_score({"label_probability": np.array([np.nan, np.nan])})
+    assert plots.has_secondary_score({"label_probability": np.array([np.nan, 0.5])})
+
+
+def test_run_mode_prints_precision_and_recall(tmp_path, capsys):
+    make_run(tmp_path / "run", noisy_flags("l2rw", 0), 0.8, weights=example_weights())
+    assert plots.main([f"--run={tmp_path / 'run'}", f"--out={tmp_path / 'out'}"]) == 0
+    out = capsys.readouterr().out
+    assert "precision@100 1.000  recall@100 0.250" in out
+    assert "precision@400 0.875  recall@400 0.875" in out
+    assert "chance (corrupted fraction): 0.200" in out
+    assert "mean weight exactly 0: 350 examples, 1.000 corrupted" in out
+    assert "secondary score: none" in out
+    assert (tmp_path / "out" / "weights.png").exists()
+    assert (tmp_path / "out" / "mislabel_precision.json").exists()
 
 
 def test_sweeps(results):
