@@ -30,7 +30,18 @@ Two exact ways to get −∂l_g/∂ε at ε = 0 (reference §1):
 
 Every meta pass runs through `Model.stateless_call` in training mode: BatchNorm normalises with the
 pass's own batch statistics, dropout stays active, and the updated moving statistics it returns are
-discarded, so no variable is ever touched here.
+discarded, so no variable is ever touched here. Dropout masks: the noisy meta pass draws the masks
+the real step draws (it is the real step's forward pass, or the same pass from the same state); the
+clean pass draws masks of its own, independent of the noisy ones, as the original TF1 code does
+(`meta_pass_state`).
+
+Sparse gradients (an `Embedding`'s, a `tf.IndexedSlices`) are made dense only where the algorithm
+adds them to the parameters (the look-ahead θ̂); the gradients returned for the real step are the
+tape's own, IndexedSlices included, which Keras optimizers take as they are.
+
+Dtypes: nothing here is float32 by default. Constants take the dtype of the tensor they meet (ε
+that of the per-example losses; absent regularisation is no term at all rather than a float32
+zero), so a float64 model runs in float64 throughout and the weights come out in the losses' dtype.
 """
 import keras
 import tensorflow as tf
@@ -54,9 +65,48 @@ def normalize_weights(raw_weights):
     return clipped / (total + tf.cast(tf.equal(total, 0.0), total.dtype))
 
 
-def forward(model, params, x, return_losses=False):
-    """Training-mode forward pass at `params` that leaves every model variable untouched."""
-    non_trainable = [v.value for v in model.non_trainable_variables]
+# The clean meta pass's seed-generator states sit this far along their counter (see
+# `meta_pass_state`): 2^30, half of the int32 range the TF backend reduces seeds to.
+CLEAN_PASS_SEED_OFFSET = 2 ** 30
+
+
+def is_seed_state(variable):
+    """True for the state of a `keras.random.SeedGenerator` (dropout's and other random layers')."""
+    return variable.name == "seed_generator_state"
+
+
+def meta_pass_state(model, clean=False):
+    """The non-trainable values a meta pass starts from (BN moving statistics, seed states).
+
+    The noisy pass (`clean=False`) starts from the model's own values: its dropout masks are the
+    ones the real step's forward pass draws from the same state, so the fused steps (one pass)
+    equal `example_weights` followed by `model(x, training=True)`.
+
+    The clean pass gets the same values except that every seed-generator state is moved along its
+    counter by CLEAN_PASS_SEED_OFFSET. Without that its m masks would be the first m rows of the
+    noisy pass's (the same stateless seed, a smaller shape); the original code draws the two passes'
+    masks independently. Why the moved state gives independent masks: a SeedGenerator's state is
+    [seed, counter]; each draw uses the pair as the stateless seed, then counts up by one
+    (keras/src/random/seed_generator.py). The TF backend reduces both entries modulo 2^31 − 2 to
+    int32, and TF's stateless ops scramble the pair through Philox into a key and counter, so
+    distinct pairs give unrelated streams. The real (and noisy) passes draw [s, c] for
+    c = 0, 1, 2, ... (one per step per dropout layer); the clean pass draws [s, c + 2^30], which no
+    other pass reaches before its generator has drawn 2^30 − 2 ≈ 1.07e9 times: no plausible run.
+    The clean masks change every step (c does) and are a function of the checkpointed state, so a
+    resumed run draws them again bit for bit; the moved values are handed to `stateless_call`
+    only, and the states it returns are discarded, so no variable changes.
+    """
+    values = [v.value for v in model.non_trainable_variables]
+    if not clean:
+        return values
+    return [value + tf.constant([0, CLEAN_PASS_SEED_OFFSET], value.dtype) if is_seed_state(v)
+            else value for v, value in zip(model.non_trainable_variables, values)]
+
+
+def forward(model, params, x, return_losses=False, clean=False):
+    """Training-mode forward pass at `params` that leaves every model variable untouched.
+    `clean`: the clean batch's pass, with dropout masks of its own (`meta_pass_state`)."""
+    non_trainable = meta_pass_state(model, clean)
     if return_losses:
         logits, _, losses = model.stateless_call(
             params, non_trainable, x, training=True, return_losses=True)
@@ -69,7 +119,7 @@ def clean_loss(model, params, clean_batch, include_regularization):
     """l_g at `params`: mean clean cross-entropy, plus the model's regularisation losses
     (e.g. weight decay, as the original CIFAR code) when `include_regularization`."""
     x, y = clean_batch
-    logits, reg_losses = forward(model, params, x, return_losses=True)
+    logits, reg_losses = forward(model, params, x, return_losses=True, clean=True)
     loss = tf.reduce_mean(per_example_loss(y, logits))
     if include_regularization and reg_losses:
         loss += tf.add_n(reg_losses)
@@ -84,23 +134,25 @@ def _lookahead(model, noisy_batch, clean_batch, include_regularization, step_siz
                keep_tape=False):
     """Algorithm 1 at ε = 0: −∂l_g(θ̂(ε))/∂ε through the look-ahead θ̂ = θ − α∇θ Σ ε_i C_i.
     Returns (alignment, inner tape (persistent if `keep_tape`), params, per-example losses,
-    regularisation loss, updated non-trainable values) so that the real step can reuse the pass."""
+    regularisation loss (None without one), updated non-trainable values) so that the real step
+    can reuse the pass."""
     x, y = noisy_batch
     params = current_params(model)
-    non_trainable = [v.value for v in model.non_trainable_variables]
-    eps = tf.zeros(tf.shape(y)[:1], dtype=params[0].dtype)
     with tf.GradientTape() as outer:
-        outer.watch(eps)
         with tf.GradientTape(persistent=keep_tape) as inner:
             inner.watch(params)
             logits, new_non_trainable, reg_losses = model.stateless_call(
-                params, non_trainable, x, training=True, return_losses=True)
+                params, meta_pass_state(model), x, training=True, return_losses=True)
             losses = per_example_loss(y, logits)
-            regularization = tf.add_n(reg_losses) if reg_losses else tf.zeros([])
+            regularization = tf.add_n(reg_losses) if reg_losses else None
+            eps = tf.zeros_like(losses)  # ε = 0, in the losses' dtype
+            outer.watch(eps)
             noisy_loss = tf.reduce_sum(eps * losses)
         grads = inner.gradient(noisy_loss, params,
                                unconnected_gradients=tf.UnconnectedGradients.ZERO)
-        lookahead_params = [p - step_size * g for p, g in zip(params, grads)]
+        # θ̂ = θ − α∇θ l_f. An Embedding's gradient is an IndexedSlices (the batch's rows), which
+        # does not scale or subtract: made dense, as θ̂ is (the densifying op is differentiable).
+        lookahead_params = [p - step_size * tf.convert_to_tensor(g) for p, g in zip(params, grads)]
         meta_loss = clean_loss(model, lookahead_params, clean_batch, include_regularization)
     alignment = -outer.gradient(meta_loss, eps)
     return alignment, inner, params, losses, regularization, new_non_trainable
@@ -176,10 +228,10 @@ def layerwise_layers(model):
 
 
 def _regularization_gradients(model):
-    """(Σ model.losses, {id(variable): its gradient}), or (0, {}) for a model without
+    """(Σ model.losses, {id(variable): its gradient}), or (None, {}) for a model without
     regularisation losses."""
     if not model.losses:
-        return tf.zeros([]), {}
+        return None, {}
     variables = model.trainable_variables
     with tf.GradientTape() as tape:
         regularization = tf.add_n(model.losses)
@@ -197,15 +249,17 @@ def _layerwise_pass(model, noisy_batch, clean_batch, regularization_grads):
     `regularization_grads` ({id(variable): gradient}, empty for none) is added to the clean
     gradient. Returns the noisy per-example losses, their alignments and, per parameter layer,
     (layer, noisy input a, noisy output gradient δ) for the weighted gradient."""
+    chain = layerwise_layers(model)  # a clear ValueError for the models it does not apply to
     (x, y), (clean_x, clean_y) = noisy_batch, clean_batch
     n = tf.shape(y)[0]
     records = []  # (layer, input, pre-activation output), noisy rows first
     with tf.GradientTape() as tape:
         h = tf.concat([x, tf.cast(clean_x, x.dtype)], axis=0)
-        for layer in layerwise_layers(model):
+        for layer in chain:
             if not isinstance(layer, PARAMETER_LAYERS):
                 h = layer(h, training=True)
                 continue
+            h = tf.cast(h, layer.compute_dtype)  # as the layer's own call would (e.g. float64)
             z = _linear(layer, h, layer.kernel.value, layer.bias.value if layer.use_bias else None)
             tape.watch(z)
             records.append((layer, h, z))
@@ -280,7 +334,10 @@ def layerwise_l2rw_gradients(model, noisy_batch, clean_batch, include_regulariza
     for key, grad in regularization_grads.items():
         grads[key] += grad
     grads = [grads[id(v)] for v in model.trainable_variables]
-    return grads, weights, losses, tf.reduce_sum(weights * losses) + regularization
+    loss = tf.reduce_sum(weights * losses)
+    if regularization is not None:
+        loss += regularization
+    return grads, weights, losses, loss
 
 
 def example_weights(model, noisy_batch, clean_batch, meta_grad="jvp",
@@ -311,12 +368,17 @@ def fused_lookahead_gradients(model, noisy_batch, clean_batch, include_regulariz
     alignment, inner, params, losses, regularization, new_non_trainable = _lookahead(
         model, noisy_batch, clean_batch, include_regularization, step_size, keep_tape=True)
     weights = tf.stop_gradient(normalize_weights(alignment))
-    # ∇θ(Σ w_i C_i + regularisation) through the recorded pass: output gradients (w, 1).
-    grads = inner.gradient([losses, regularization], params,
-                           output_gradients=[weights, tf.ones([])],
+    # ∇θ(Σ w_i C_i + regularisation) through the recorded pass: output gradients (w, 1). Sparse
+    # gradients stay IndexedSlices, as the tape (and `fused_l2rw_gradients`) returns them.
+    targets, output_gradients = [losses], [weights]
+    loss = tf.reduce_sum(weights * losses)
+    if regularization is not None:
+        targets.append(regularization)
+        output_gradients.append(tf.ones_like(regularization))
+        loss += regularization
+    grads = inner.gradient(targets, params, output_gradients=output_gradients,
                            unconnected_gradients=tf.UnconnectedGradients.ZERO)
     del inner
-    loss = tf.reduce_sum(weights * losses) + regularization
     return grads, weights, losses, loss, new_non_trainable
 
 
@@ -328,7 +390,7 @@ def fused_l2rw_gradients(model, noisy_batch, clean_batch, include_regularization
     once the weights are fixed, the weighted loss to differentiate. The result equals
     `example_weights(..., "jvp")` followed by a separate weighted step: BatchNorm sees the same
     batch statistics and dropout the same masks (Keras draws them from the seed state the real
-    pass would use).
+    pass would use; the clean pass draws its own, `meta_pass_state`).
 
     Returns (gradients, example_weights, per_example_losses, weighted_loss,
     updated_non_trainable_values); the caller applies the gradients and assigns the non-trainable
@@ -338,12 +400,11 @@ def fused_l2rw_gradients(model, noisy_batch, clean_batch, include_regularization
     params = current_params(model)
     direction = clean_gradient(model, params, clean_batch, include_regularization)
     x = after(direction, x)
-    non_trainable = [v.value for v in model.non_trainable_variables]
     with tf.GradientTape() as tape:
         tape.watch(params)
         with tf.autodiff.ForwardAccumulator(params, direction) as acc:
             logits, new_non_trainable, reg_losses = model.stateless_call(
-                params, non_trainable, x, training=True, return_losses=True)
+                params, meta_pass_state(model), x, training=True, return_losses=True)
             losses = per_example_loss(y, logits)
         weights = tf.stop_gradient(normalize_weights(
             acc.jvp(losses, unconnected_gradients=tf.UnconnectedGradients.ZERO)))

@@ -67,7 +67,9 @@ def test_methods_agree_with_batchnorm_and_dropout(dropout):
 
 
 def lookahead_clean_loss(model, eps, noisy, clean):
-    """l_g(θ − ∇θ Σ ε_i C_i), written out independently of the code under test."""
+    """l_g(θ − ∇θ Σ ε_i C_i), written out independently of the code under test. For models
+    without dropout only: both passes start from the same state here, while the code under test
+    gives the clean pass dropout masks of its own (tests/test_reweight_models.py)."""
     params = [tf.identity(v.value) for v in model.trainable_variables]
     non_trainable = [v.value for v in model.non_trainable_variables]
     with tf.GradientTape() as tape:
