@@ -15,15 +15,19 @@ finished run is reported, not rerun.
 """
 import contextlib
 import json
+import math
 import os
+import signal
 import sys
+import tempfile
 
-from absl import app, flags  # noqa: F401 -- app defines --help/--helpfull
+from absl import flags
+
+from l2rw_tf import choices
 
 FLAGS = flags.FLAGS
 
-TASKS = ("imbalance", "noisy")
-flags.DEFINE_enum("task", "noisy", list(TASKS), "Experiment family: noisy (noisy labels) or "
+flags.DEFINE_enum("task", "noisy", list(choices.TASKS), "Experiment family: noisy (noisy labels) or "
                   "imbalance (MNIST 4 vs 9).")
 flags.DEFINE_string("dataset", "mnist", "mnist, cifar10, cifar100 (tfds) or folder:PATH, an "
                     "image folder PATH/{train,test}/<class>/<image> read by tfds.ImageFolder "
@@ -171,26 +175,33 @@ def resolve_defaults():
 
 
 def validate_flags():
-    from l2rw_tf import data, models, reweight, train
+    """Checks every flag value that needs no data, before TensorFlow is imported."""
     f = FLAGS
-    task_methods = train.TASK_METHODS[f.task]
-    if f.method not in train.METHODS:
-        raise UsageError(f"--method={f.method} is unknown; choose one of {', '.join(train.METHODS)}")
+    for flag in FLAGS.get_flags_for_module(sys.modules[__name__]):
+        values = flag.value if isinstance(flag.value, list) else [flag.value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in values):
+            shown = ",".join(map(str, values))
+            raise UsageError(f"--{flag.name}={shown} is not a finite number")
+    task_methods = choices.TASK_METHODS[f.task]
+    if f.method not in choices.METHODS:
+        raise UsageError(f"--method={f.method} is unknown; choose one of "
+                         f"{', '.join(choices.METHODS)}")
     if f.method not in task_methods:
-        other = [t for t, methods in train.TASK_METHODS.items() if f.method in methods]
+        other = [t for t, methods in choices.TASK_METHODS.items() if f.method in methods]
         raise UsageError(f"--method={f.method} applies to --task={other[0]} only; with "
                          f"--task={f.task} choose one of {', '.join(task_methods)}")
-    if f.meta_grad not in reweight.META_GRADIENTS:
+    if f.meta_grad not in choices.META_GRADIENTS:
         raise UsageError(f"--meta_grad={f.meta_grad} is unknown; choose one of "
-                         f"{', '.join(reweight.META_GRADIENTS)}")
+                         f"{', '.join(choices.META_GRADIENTS)}")
     other_task = NOISY_ONLY if f.task == "imbalance" else IMBALANCE_ONLY
     given = [name for name in other_task if _present(name)]
     if given:
         raise UsageError(f"--{given[0]} applies to --task="
                          f"{'noisy' if f.task == 'imbalance' else 'imbalance'} only, not "
                          f"--task={f.task}")
-    if f.model not in models.MODELS:
-        raise UsageError(f"--model={f.model} is unknown; choose one of {', '.join(models.MODELS)}")
+    if f.model not in choices.MODELS:
+        raise UsageError(f"--model={f.model} is unknown; choose one of "
+                         f"{', '.join(choices.MODELS)}")
     if f.task == "imbalance":
         if f.dataset != "mnist":
             raise UsageError(f"--task=imbalance is MNIST 4 vs 9: --dataset must be mnist, not "
@@ -205,9 +216,10 @@ def validate_flags():
             raise UsageError(f"--clean_batch_size={f.clean_batch_size} must be in "
                              f"[1, nval={f.nval}]")
     else:
-        if f.dataset not in data.TFDS_DATASETS and not f.dataset.startswith(data.FOLDER_PREFIX):
+        if (f.dataset not in choices.TFDS_DATASETS
+                and not f.dataset.startswith(choices.FOLDER_PREFIX)):
             raise UsageError(f"--dataset={f.dataset} is unknown; choose one of "
-                             f"{', '.join(data.TFDS_DATASETS)} or folder:PATH")
+                             f"{', '.join(choices.TFDS_DATASETS)} or folder:PATH")
         if not 0.0 <= f.ratio < 1.0:
             raise UsageError(f"--ratio={f.ratio} must be in [0, 1)")
         if f.num_clean is not None and f.clean_per_class is not None:
@@ -312,12 +324,19 @@ def process_alive(pid):
     return True
 
 
-def prepare_run_dir(run_dir):
-    """Creates the run directory, or checks that an existing one holds this same run."""
+def check_run_dir(run_dir):
+    """Refuses, before any work, a run directory that cannot hold this run: one holding another
+    run or other files, a file, or a place that cannot be written. Creates nothing."""
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise UsageError(f"--logdir={run_dir} is a file, not a directory; choose another --logdir")
     flags_path = os.path.join(run_dir, "flags.json")
     if os.path.exists(flags_path):
-        with open(flags_path) as f:
-            saved = json.load(f)
+        try:
+            with open(flags_path) as f:
+                saved = json.load(f)
+        except (OSError, ValueError) as e:
+            raise UsageError(f"{flags_path} cannot be read ({type(e).__name__}); use a new "
+                             f"--logdir") from None
         # A flag a run directory does not record (written before it existed) must be unset.
         changed = {k: (saved.get(k), v) for k, v in run_flags().items()
                    if saved.get(k) != v and (k in saved or v is not None)}
@@ -326,7 +345,30 @@ def prepare_run_dir(run_dir):
             raise UsageError(f"{run_dir} holds a different run ({diff}); use a new --logdir")
     elif os.path.isdir(run_dir) and set(os.listdir(run_dir)) - {LOCK_NAME}:
         raise UsageError(f"{run_dir} exists and is not a run directory; use a new --logdir")
-    os.makedirs(run_dir, exist_ok=True)
+    # The nearest existing ancestor must take a new directory (tried, then removed: os.access
+    # says yes to root on read-only file systems such as /sys).
+    parent = os.path.abspath(run_dir)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise UsageError(f"cannot create --logdir={run_dir}: {parent} is a file, not a "
+                         f"directory; choose another --logdir")
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".l2rw_probe_"))
+    except OSError as e:
+        raise UsageError(f"cannot create --logdir={run_dir}: {parent} is not a writable "
+                         f"directory ({e.strerror}); choose another --logdir") from None
+    return flags_path
+
+
+def prepare_run_dir(run_dir):
+    """Creates the run directory, or checks that an existing one holds this same run."""
+    flags_path = check_run_dir(run_dir)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create --logdir={run_dir} ({e.strerror}); choose another "
+                         f"--logdir") from None
     return flags_path
 
 
@@ -433,7 +475,7 @@ def build_experiment():
                                     preprocess=preprocess, augment_seed=aug_seed(1))
     evaluate = train.make_evaluate(model, experiment.eval_sets, preprocess,
                                    batch_size=f.eval_batch_size)
-    return experiment, model, optimizer, train_ds, clean_ds, evaluate
+    return experiment, model, optimizer, train_ds, clean_ds, evaluate, preprocess
 
 
 def training_examples(experiment):
@@ -456,26 +498,51 @@ def default_logdir():
     return os.path.join("runs", f"{f.task}_{name}_{f.noise}_{f.method}_seed{f.seed}")
 
 
+class Stopped(Exception):
+    """The run was stopped by a signal (exit status 128 + signal number)."""
+
+    def __init__(self, signum, message):
+        super().__init__(message)
+        self.signum = signum
+
+
+# How the data is scaled: MNIST in [0, 1] as the original MNIST code, everything else in
+# [-1, 1] as its CIFAR code.
+PIXEL_RANGES = {"to_float": [0.0, 1.0], "to_signed": [-1.0, 1.0]}
+
+
 def main(argv, stop_at_step=None):
-    """Runs the parsed flags; returns the final metrics (as written to result.json)."""
+    """Runs the parsed flags; returns the final metrics (as written to result.json). Every check
+    that needs no data comes before TensorFlow is imported; the run directory is created only
+    once the data and the model are built."""
     if len(argv) > 1:
         raise UsageError(f"unexpected arguments {argv[1:]}; all options are --flags")
     resolve_defaults()
     validate_flags()
-    f = FLAGS
-    run_dir = f.logdir or default_logdir()
+    run_dir = FLAGS.logdir or default_logdir()
     result_path = os.path.join(run_dir, "result.json")
-    flags_path = prepare_run_dir(run_dir)
+    check_run_dir(run_dir)
     if os.path.exists(result_path):
         with open(result_path) as fh:
             text = fh.read()
         print(f"{run_dir} is complete: {text}")
         return json.loads(text)
-    with run_dir_lock(run_dir):
-        return train_run(run_dir, flags_path, result_path, stop_at_step)
+    check_lock(run_dir)
+    return train_run(run_dir, result_path, stop_at_step)
 
 
-def train_run(run_dir, flags_path, result_path, stop_at_step=None):
+def check_lock(run_dir):
+    """Refuses at once a run directory another live process is training."""
+    path = os.path.join(run_dir, LOCK_NAME)
+    with contextlib.suppress(OSError, ValueError):
+        with open(path) as fh:
+            pid = int(fh.read().strip())
+        if pid != os.getpid() and process_alive(pid):
+            raise UsageError(f"{run_dir} is in use by process {pid} (training it now); wait "
+                             f"for that run or stop it, then rerun")
+
+
+def train_run(run_dir, result_path, stop_at_step=None):
     """Builds the experiment of the parsed flags and trains it in `run_dir` (resuming)."""
     f = FLAGS
     import keras
@@ -489,7 +556,8 @@ def train_run(run_dir, flags_path, result_path, stop_at_step=None):
     if f.deterministic:
         tf.config.experimental.enable_op_determinism()
     try:
-        experiment, model, optimizer, train_ds, clean_ds, evaluate = build_experiment()
+        experiment, model, optimizer, train_ds, clean_ds, evaluate, preprocess = \
+            build_experiment()
     except data.DataError as e:
         raise UsageError(str(e)) from None
     if f.method == "finetune":
@@ -497,22 +565,37 @@ def train_run(run_dir, flags_path, result_path, stop_at_step=None):
             tf.train.Checkpoint(model=model).restore(source).expect_partial() \
                 .assert_existing_objects_matched()
             print(f"finetuning from {source}", flush=True)
-    train.write_json(flags_path, run_flags())
-    print(f"run directory {run_dir}: {experiment.info}", flush=True)
+    flags_path = prepare_run_dir(run_dir)
+    inputs = {"input_shape": [int(d) for d in experiment.input_shape],
+              "pixel_range": PIXEL_RANGES[preprocess.__name__]}
+    examples = training_examples(experiment)
+    label_probability = examples and (lambda: train.label_probabilities(
+        model, preprocess, experiment.train_images, experiment.train_labels,
+        batch_size=f.eval_batch_size))
     config = train.StepConfig(method=f.method, meta_grad=f.meta_grad,
                               clean_weight_decay=f.clean_weight_decay, pos_ratio=f.pos_ratio,
                               seed=f.seed,
                               background_class=experiment.info.get("background_class") or 0,
                               background_weight=experiment.info.get("background_weight", 1.0))
-    final = train.train(model, optimizer, train_ds, clean_ds, evaluate, run_dir, f.num_steps,
-                        config, eval_interval=f.eval_interval,
-                        checkpoint_interval=f.checkpoint_interval,
-                        log=lambda msg: print(msg, flush=True), stop_at_step=stop_at_step,
-                        init_fn=init_fn, examples=training_examples(experiment))
-    final["data"] = experiment.info
-    final["runtime"] = l2rw_tf.runtime()
-    train.write_json(result_path, final)
-    print(f"final: {json.dumps(final)}", flush=True)
+    with run_dir_lock(run_dir):
+        # The inputs are recorded beside the flags (not compared on resume: they follow from them).
+        train.write_json(flags_path, {**run_flags(), **inputs})
+        print(f"run directory {run_dir}: {experiment.info}; inputs {inputs['input_shape']} "
+              f"scaled to {inputs['pixel_range']}", flush=True)
+        try:
+            final = train.train(
+                model, optimizer, train_ds, clean_ds, evaluate, run_dir, f.num_steps, config,
+                eval_interval=f.eval_interval, checkpoint_interval=f.checkpoint_interval,
+                log=lambda msg: print(msg, flush=True), stop_at_step=stop_at_step,
+                init_fn=init_fn, examples=examples, label_probability=label_probability)
+        except (train.Diverged, train.UnreadableCheckpoint) as e:
+            raise UsageError(str(e)) from None
+        except train.Interrupted as e:
+            raise Stopped(e.signum, str(e)) from None
+        final["data"] = {**experiment.info, **inputs}
+        final["runtime"] = l2rw_tf.runtime()
+        train.write_json(result_path, final)
+    print(f"final: {json.dumps(train.finite_or_null(final))}", flush=True)
     return final
 
 
@@ -524,14 +607,46 @@ def run(argv, stop_at_step=None):
     return main([argv[0]], stop_at_step=stop_at_step)
 
 
+HELP_ARGS = {"-h": False, "-?": False, "--help": False, "--helpshort": False, "--helpfull": True}
+
+
+def print_help(full):
+    """The flags of this entry point (`full`: of every module, absl's own included)."""
+    module = sys.modules[__name__]
+    print(__doc__.strip().splitlines()[0])
+    print(f"\nUsage: python -m l2rw_tf.main [--flagfile=configs/<setting>.flags] [--flag=value ...]"
+          f"\n")
+    print(FLAGS.get_help() if full else FLAGS.module_help(module))
+    if not full:
+        print("\nTry --helpfull to get a list of all flags.")
+
+
+def raise_stopped(signum, frame):  # noqa: ARG001
+    raise Stopped(signum, f"stopped by {signal.Signals(signum).name} before training started")
+
+
 def entry(argv=None):
-    """Parses flags (flagfiles included) and runs; bad input exits 2 with a one-line error."""
+    """Parses flags (flagfiles included) and runs; bad input exits 2 with a one-line error, a
+    signal 128 + its number with one line (training saves a checkpoint first)."""
+    argv = sys.argv if argv is None else argv
+    helps = [HELP_ARGS[a] for a in argv[1:] if a in HELP_ARGS]
+    if helps:
+        print_help(full=any(helps))
+        sys.exit(0)
+    # SIGTERM, like SIGINT, unwinds (the lock is removed); the training loop defers both.
+    signal.signal(signal.SIGTERM, raise_stopped)
     try:
-        main(FLAGS(sys.argv if argv is None else argv))
+        main(FLAGS(argv))
         sys.exit(0)
     except (flags.Error, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Stopped as e:
+        print(f"l2rw_tf: {e}", file=sys.stderr)
+        sys.exit(128 + e.signum)
+    except KeyboardInterrupt:
+        print("l2rw_tf: stopped by SIGINT before training started", file=sys.stderr)
+        sys.exit(128 + signal.SIGINT)
 
 
 if __name__ == "__main__":

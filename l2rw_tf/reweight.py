@@ -46,7 +46,7 @@ zero), so a float64 model runs in float64 throughout and the weights come out in
 import keras
 import tensorflow as tf
 
-META_GRADIENTS = ("jvp", "lookahead", "layerwise")
+from l2rw_tf.choices import META_GRADIENTS  # noqa: F401 -- jvp, lookahead, layerwise
 
 
 def per_example_loss(labels, logits):

@@ -5,28 +5,22 @@ A run directory holds `flags.json` (the settings), `metrics.csv` (one row per ev
 `result.json`. Running the same settings on the same directory resumes from the last checkpoint;
 a finished run is not run again.
 """
+import contextlib
 import csv
 import dataclasses
 import json
 import os
+import signal
+import threading
 import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from l2rw_tf import reweight
+from l2rw_tf import choices, reweight
 
-METHODS = ("l2rw", "baseline", "ratio", "random", "resample", "hard_mining", "clean_only",
-           "finetune", "weighted")
-# Methods of each task. Imbalance (MNIST 4 vs 9): `ratio` and `hard_mining` are binary-task
-# methods. Noisy labels (reference §3): `clean_only` trains on the clean set from scratch,
-# `finetune` continues a finished baseline on the clean set, `weighted` (BackgroundFlip only)
-# down-weights the background class.
-TASK_METHODS = {
-    "imbalance": ("l2rw", "baseline", "ratio", "random", "resample", "hard_mining"),
-    "noisy": ("l2rw", "baseline", "random", "resample", "clean_only", "finetune", "weighted"),
-}
+METHODS, TASK_METHODS = choices.METHODS, choices.TASK_METHODS
 # Methods that train on a clean set; in the imbalance task the others get the clean images as
 # extra training data, as in the original code (which sets nval = 0 for its baselines).
 USES_CLEAN_SET = ("l2rw",)
@@ -182,7 +176,7 @@ def weighted_step_gradients(model, config, rng, noisy, clean):
     with tf.GradientTape() as tape:
         logits = model(images, training=True)
         losses = reweight.per_example_loss(noisy["label"], logits)
-        loss = tf.reduce_sum(weights * losses)
+        loss = tf.reduce_sum(tf.cast(weights, losses.dtype) * losses)
         if model.losses:
             loss += tf.add_n(model.losses)
     return tape.gradient(loss, model.trainable_variables), weights, losses, loss
@@ -214,6 +208,8 @@ def make_train_step(model, optimizer, config, rng, num_examples=0, jit_compile=F
 
     `jit_compile` compiles the step with XLA.
 
+    The step returns whether its loss, its weights and the updated parameters are all finite.
+
     Returns (train_step, stats, example_stats, trace_count) where `trace_count[0]` counts traces.
     """
     stats = tf.Variable(tf.zeros(len(STAT_NAMES)), trainable=False, name="stats")
@@ -227,7 +223,10 @@ def make_train_step(model, optimizer, config, rng, num_examples=0, jit_compile=F
         trace_count[0] += 1
         grads, weights, losses, loss = weighted_step_gradients(model, config, rng, noisy, clean)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        finite = all_finite([loss, weights] + model.trainable_variables)
 
+        # Statistics in float32, whatever the model computes in (float64 models).
+        weights, losses, loss = (tf.cast(t, tf.float32) for t in (weights, losses, loss))
         n = tf.cast(tf.size(weights), tf.float32)
         is_zero = tf.cast(tf.equal(weights, 0.0), tf.float32)
         noisy_mask = tf.cast(noisy["is_noisy"], tf.float32)
@@ -241,21 +240,34 @@ def make_train_step(model, optimizer, config, rng, num_examples=0, jit_compile=F
             example_stats.scatter_nd_add(
                 tf.reshape(tf.cast(noisy["index"], tf.int64), [-1, 1]),
                 tf.stack([tf.ones_like(weights), weights * n, is_zero], axis=1))
+        return finite
 
     return train_step, stats, example_stats, trace_count
 
 
-def example_table(example_stats, labels, true_labels, is_noisy):
+def all_finite(tensors):
+    """True when no element of `tensors` is NaN or infinite (a diverged step)."""
+    return tf.reduce_all([tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(t)))
+                          for t in tensors])
+
+
+def example_table(example_stats, labels, true_labels, is_noisy, label_probability=None):
     """Per-example weight statistics of a run, as rows for `example_weights.csv`: index, given
     label, true label, corrupted flag, times seen, mean weight relative to uniform (1.0 = 1/n)
-    over the steps it was in a batch, and the fraction of those steps at weight zero."""
+    over the steps it was in a batch, the fraction of those steps at weight zero and, when given,
+    the final model's probability of the given label (a score of its own for examples whose
+    weights tie, e.g. the many that L2RW holds at exactly zero)."""
     seen, weight_sum, zeros = np.asarray(example_stats, np.float64).T
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_weight, zero_fraction = weight_sum / seen, zeros / seen
-    return [{"index": i, "label": int(labels[i]), "true_label": int(true_labels[i]),
+    rows = [{"index": i, "label": int(labels[i]), "true_label": int(true_labels[i]),
              "is_noisy": int(is_noisy[i]), "times_seen": int(seen[i]),
              "mean_weight": float(mean_weight[i]), "zero_fraction": float(zero_fraction[i])}
             for i in range(len(labels))]
+    if label_probability is not None:
+        for row, p in zip(rows, label_probability):
+            row["label_probability"] = float(p)
+    return rows
 
 
 def summarize(stat_sums):
@@ -298,6 +310,22 @@ def make_evaluate(model, eval_sets, preprocess, batch_size=1000):
     return evaluate
 
 
+def label_probabilities(model, preprocess, images, labels, batch_size=1000):
+    """The model's probability of each example's given label (inference mode): sigmoid of a
+    single logit (label 1 = positive), else softmax."""
+    @tf.function
+    def probability(batch, batch_labels):
+        logits = model(preprocess(batch), training=False)
+        if logits.shape[-1] == 1:
+            p = tf.sigmoid(logits[:, 0])
+            return tf.where(tf.equal(batch_labels, 1), p, 1.0 - p)
+        return tf.gather(tf.nn.softmax(logits), batch_labels, axis=1, batch_dims=1)
+
+    return np.concatenate([np.zeros([0], np.float32)] + [
+        probability(images[start:start + batch_size], labels[start:start + batch_size]).numpy()
+        for start in range(0, len(labels), batch_size)])
+
+
 class MetricsLog:
     """metrics.csv plus TensorBoard scalars. On resume, rows past the restored step are dropped,
     so the file reads as if the run had never stopped."""
@@ -330,19 +358,89 @@ def write_csv(path, rows):
 
 
 def write_json(path, obj):
+    """`obj` as strict JSON, atomically: NaN and infinities (an undefined statistic, such as the
+    mean weight of corrupted examples in a run without any) become null."""
     with open(path + ".tmp", "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
+        json.dump(finite_or_null(obj), f, indent=2, sort_keys=True, allow_nan=False)
     os.replace(path + ".tmp", path)
+
+
+def finite_or_null(obj):
+    """`obj` with every non-finite float replaced by None, in nested dicts, lists and tuples."""
+    if isinstance(obj, float):
+        return obj if np.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    return obj
+
+
+class Diverged(RuntimeError):
+    """A step produced a non-finite loss, weight or parameter; nothing of it was saved."""
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM stopped training; a checkpoint of the current step was saved."""
+
+    def __init__(self, signum, message):
+        super().__init__(message)
+        self.signum = signum
+
+
+class UnreadableCheckpoint(RuntimeError):
+    """No checkpoint of the run directory could be restored."""
+
+
+@contextlib.contextmanager
+def signals_deferred():
+    """Within the block, SIGINT and SIGTERM only set `received[0]` (the signal number): the loop
+    finishes its step and checkpoints it instead of dying in the middle of a write."""
+    received = [None]
+    if threading.current_thread() is not threading.main_thread():
+        yield received  # only the main thread receives signals (and may set handlers)
+        return
+
+    def defer(signum, frame):  # noqa: ARG001
+        received[0] = signum
+
+    previous = {s: signal.signal(s, defer) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def restore_latest(checkpoint, manager, log):
+    """Restores the newest readable checkpoint of `manager` (a truncated file, e.g. from a full
+    disk, falls back to the one before, saying so); returns its path, or None if there is none."""
+    for path in reversed(manager.checkpoints):
+        try:
+            checkpoint.restore(path).assert_consumed()
+            return path
+        except (tf.errors.OpError, ValueError, AssertionError, IndexError) as e:
+            log(f"checkpoint {path} is unreadable ({type(e).__name__}: "
+                f"{str(e).splitlines()[0] if str(e) else ''}); trying the one before")
+    if manager.checkpoints:
+        raise UnreadableCheckpoint(
+            f"no checkpoint in {manager.directory} can be read; move that directory away to "
+            f"train the run from the start")
+    return None
 
 
 def train(model, optimizer, train_ds, clean_ds, evaluate, run_dir, num_steps, config,
           eval_interval=100, checkpoint_interval=500, log=print, stop_at_step=None,
-          init_fn=None, examples=None):
+          init_fn=None, examples=None, label_probability=None):
     """Trains for `num_steps` (resuming from `run_dir/ckpt` if there is one) and returns the
     final metrics row. `stop_at_step` simulates a crash just after that step (tests).
     `init_fn()` runs when there is nothing to resume (e.g. `finetune` loads its baseline).
     `examples` = (labels, true labels, is_noisy) of the training set the batches index into:
-    per-example weight statistics are then kept and written to `example_weights.csv`."""
+    per-example weight statistics are then kept and written to `example_weights.csv`, with
+    `label_probability()` (the final model's probability of each given label) if given.
+
+    A non-finite step raises `Diverged` before anything of it is saved; SIGINT / SIGTERM save a
+    checkpoint of the step just finished and raise `Interrupted`."""
     os.makedirs(run_dir, exist_ok=True)
     step = tf.Variable(0, dtype=tf.int64, name="step")
     rng = tf.random.Generator.from_seed(config.seed)
@@ -352,15 +450,21 @@ def train(model, optimizer, train_ds, clean_ds, evaluate, run_dir, num_steps, co
         model, optimizer, config, rng, num_examples)
     # Keras does not checkpoint the state of its seed generators (dropout): saved here, so a
     # resumed run draws the same masks. Only when there are any, so older checkpoints still load.
-    seed_states = [v.value for v in model.non_trainable_variables if "seed_generator" in v.path]
+    seed_states = [v.value for v in model.non_trainable_variables if reweight.is_seed_state(v)]
     extra = {"seed_states": seed_states} if seed_states else {}
     checkpoint = tf.train.Checkpoint(model=model, optimizer=optimizer, step=step, rng=rng,
                                      stats=stats, example_stats=example_stats,
                                      train_iter=train_iter, clean_iter=clean_iter, **extra)
-    manager = tf.train.CheckpointManager(checkpoint, os.path.join(run_dir, "ckpt"), max_to_keep=2)
-    if manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_consumed()
-        log(f"resumed from {manager.latest_checkpoint} at step {int(step)}")
+    ckpt_dir = os.path.join(run_dir, "ckpt")
+    try:
+        manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=2)
+    except Exception as e:  # noqa: BLE001 -- a corrupt index file: protobuf or OS errors
+        raise UnreadableCheckpoint(f"the checkpoint index {ckpt_dir}/checkpoint cannot be read "
+                                   f"({type(e).__name__}); move {ckpt_dir} away to train the "
+                                   f"run from the start") from None
+    restored = restore_latest(checkpoint, manager, log)
+    if restored:
+        log(f"resumed from {restored} at step {int(step)}")
     elif init_fn is not None:
         init_fn()
     metrics = MetricsLog(run_dir, int(step))
@@ -369,37 +473,52 @@ def train(model, optimizer, train_ds, clean_ds, evaluate, run_dir, num_steps, co
     # checkpoints, so a run shows whether data or evaluation holds training back.
     seconds = dict.fromkeys(("input", "step", "eval", "checkpoint"), 0.0)
     start_time, start_step, row = time.time(), int(step), None
-    while int(step) < num_steps:
-        t0 = time.perf_counter()
-        batches = next(train_iter), next(clean_iter)
-        t1 = time.perf_counter()
-        train_step(*batches)
-        step.assign_add(1)
-        current = int(step)  # waits for the step to finish
-        seconds["input"] += t1 - t0
-        seconds["step"] += time.perf_counter() - t1
-        if current % eval_interval == 0 or current == num_steps:
+    with signals_deferred() as received:
+        while int(step) < num_steps:
             t0 = time.perf_counter()
-            row = {"step": current, "lr": current_learning_rate(optimizer, current),
-                   **summarize(stats.numpy()), **evaluate()}
-            seconds["eval"] += time.perf_counter() - t0
-            stats.assign(tf.zeros_like(stats))
-            metrics.write(row)
-            rate = (current - start_step) / max(time.time() - start_time, 1e-9)
-            log(f"step {current}/{num_steps}  loss {row['loss']:.4f}  " + "  ".join(
-                f"{k} {v:.4f}" for k, v in row.items() if k.endswith("accuracy"))
-                + f"  ({rate:.1f} steps/s)")
-        if current % checkpoint_interval == 0 or current == num_steps:
-            t0 = time.perf_counter()
-            manager.save(checkpoint_number=current)
-            seconds["checkpoint"] += time.perf_counter() - t0
-        if stop_at_step is not None and current >= stop_at_step:
-            raise KeyboardInterrupt(f"simulated crash after step {current}")
+            batches = next(train_iter), next(clean_iter)
+            t1 = time.perf_counter()
+            finite = train_step(*batches)
+            step.assign_add(1)
+            current = int(step)  # waits for the step to finish
+            seconds["input"] += t1 - t0
+            seconds["step"] += time.perf_counter() - t1
+            if not bool(finite):
+                kept = manager.latest_checkpoint
+                raise Diverged(
+                    f"training diverged at step {current}: the loss, an example weight or a "
+                    f"parameter is NaN or infinite; nothing of it was saved"
+                    + (f", the last good checkpoint {kept} is kept" if kept else "")
+                    + "; lower --lr (or check the data)")
+            if current % eval_interval == 0 or current == num_steps:
+                t0 = time.perf_counter()
+                row = {"step": current, "lr": current_learning_rate(optimizer, current),
+                       **summarize(stats.numpy()), **evaluate()}
+                seconds["eval"] += time.perf_counter() - t0
+                stats.assign(tf.zeros_like(stats))
+                metrics.write(row)
+                rate = (current - start_step) / max(time.time() - start_time, 1e-9)
+                log(f"step {current}/{num_steps}  loss {row['loss']:.4f}  " + "  ".join(
+                    f"{k} {v:.4f}" for k, v in row.items() if k.endswith("accuracy"))
+                    + f"  ({rate:.1f} steps/s)")
+            if (current % checkpoint_interval == 0 or current == num_steps
+                    or received[0] is not None):
+                t0 = time.perf_counter()
+                manager.save(checkpoint_number=current)
+                seconds["checkpoint"] += time.perf_counter() - t0
+            if received[0] is not None:
+                name = signal.Signals(received[0]).name
+                raise Interrupted(received[0], f"stopped by {name} after step {current} of "
+                                  f"{num_steps}; saved {manager.latest_checkpoint}, rerun the "
+                                  f"same command to resume")
+            if stop_at_step is not None and current >= stop_at_step:
+                raise KeyboardInterrupt(f"simulated crash after step {current}")
     if row is None:  # already finished before this call
         row = metrics.rows[-1] if metrics.rows else {"step": int(step), **evaluate()}
     if examples is not None:
         write_csv(os.path.join(run_dir, "example_weights.csv"),
-                  example_table(example_stats.numpy(), *examples))
+                  example_table(example_stats.numpy(), *examples,
+                                label_probability=label_probability and label_probability()))
     row = {k: float(v) for k, v in row.items()}
     row["step"] = int(row["step"])
     row["train_seconds"] = time.time() - start_time

@@ -3,7 +3,7 @@ from l2rw_tf.models.lenet import lenet
 from l2rw_tf.models.mlp import mlp
 from l2rw_tf.models.resnet import resnet, resnet32, resnet_small, wrn28_10
 
-MODELS = ("lenet", "resnet32", "wrn28_10", "resnet", "mlp")
+from l2rw_tf.choices import MODELS  # noqa: F401  (the names build_model knows)
 
 # Keyword arguments the ResNet builders accept from `build_model`.
 _RESNET_KWARGS = ("weight_decay", "dropout", "bn_momentum")
