@@ -10,6 +10,9 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 def runtime():
     """What computes the results (recorded beside them): oneDNN's and TensorFlow's stock kernels
-    round differently."""
+    round differently, and a run of the same code and seed differs between package versions."""
+    from importlib import metadata
     import tensorflow as tf
-    return {"tensorflow": tf.__version__, "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS")}
+    versions = {name: metadata.version(name) for name in ("keras", "tensorflow-datasets", "numpy")}
+    return {"tensorflow": tf.__version__, **versions,
+            "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS")}

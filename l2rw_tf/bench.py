@@ -85,14 +85,13 @@ def random_batch(n, shape, classes, seed):
 
 def step_configs(meta_grads):
     """The step variants: the baseline and L2RW with each meta-gradient method."""
-    from l2rw_tf import train
-    variants = {"baseline": train.StepConfig(method="baseline")}
+    from l2rw_tf.step import StepConfig
+    variants = {"baseline": StepConfig(method="baseline")}
     for g in meta_grads:
-        variants[f"l2rw_{g}"] = train.StepConfig(method="l2rw", meta_grad=g)
+        variants[f"l2rw_{g}"] = StepConfig(method="l2rw", meta_grad=g)
     for g in meta_grads:  # the meta-gradient in a pass of its own, before the weighted step
-        if g in train.FUSED_STEPS:
-            variants[f"l2rw_{g}_unfused"] = train.StepConfig(method="l2rw", meta_grad=g,
-                                                             fused=False)
+        if g != "layerwise":  # layerwise has no separate pass: its weights come from the step's
+            variants[f"l2rw_{g}_unfused"] = StepConfig(method="l2rw", meta_grad=g, fused=False)
     return variants
 
 

@@ -548,7 +548,7 @@ def train_run(run_dir, result_path, stop_at_step=None):
     import keras
     import tensorflow as tf
     import l2rw_tf
-    from l2rw_tf import data, train
+    from l2rw_tf import data, step, train
     init_fn = None
     if f.method == "finetune":
         source = finetune_source(f.finetune_from)
@@ -572,11 +572,11 @@ def train_run(run_dir, result_path, stop_at_step=None):
     label_probability = examples and (lambda: train.label_probabilities(
         model, preprocess, experiment.train_images, experiment.train_labels,
         batch_size=f.eval_batch_size))
-    config = train.StepConfig(method=f.method, meta_grad=f.meta_grad,
-                              clean_weight_decay=f.clean_weight_decay, pos_ratio=f.pos_ratio,
-                              seed=f.seed,
-                              background_class=experiment.info.get("background_class") or 0,
-                              background_weight=experiment.info.get("background_weight", 1.0))
+    config = step.StepConfig(method=f.method, meta_grad=f.meta_grad,
+                             clean_weight_decay=f.clean_weight_decay, pos_ratio=f.pos_ratio,
+                             seed=f.seed,
+                             background_class=experiment.info.get("background_class") or 0,
+                             background_weight=experiment.info.get("background_weight", 1.0))
     with run_dir_lock(run_dir):
         # The inputs are recorded beside the flags (not compared on resume: they follow from them).
         train.write_json(flags_path, {**run_flags(), **inputs})

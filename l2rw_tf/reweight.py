@@ -43,6 +43,8 @@ Dtypes: nothing here is float32 by default. Constants take the dtype of the tens
 that of the per-example losses; absent regularisation is no term at all rather than a float32
 zero), so a float64 model runs in float64 throughout and the weights come out in the losses' dtype.
 """
+from typing import NamedTuple
+
 import keras
 import tensorflow as tf
 
@@ -56,6 +58,17 @@ def per_example_loss(labels, logits):
         return tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits[:, 0])
     return tf.nn.sparse_softmax_cross_entropy_with_logits(
         labels=tf.cast(labels, tf.int32), logits=logits)
+
+
+class StepGradients(NamedTuple):
+    """What every step function returns (the L2RW steps here, every method in step.py)."""
+    gradients: list           # one per trainable variable (IndexedSlices for sparse ones)
+    example_weights: tf.Tensor  # [n], a constant
+    losses: tf.Tensor         # [n] per-example losses of the noisy batch
+    loss: tf.Tensor           # Σ w_i C_i + regularisation: the objective of the step
+    non_trainable: list = None  # updated non-trainable values (BN statistics, seed states), or
+                                # None when the step changed none (the caller assigns them)
+    outputs: tf.Tensor = None   # the noisy batch's outputs (logits), for metrics
 
 
 def normalize_weights(raw_weights):
@@ -115,12 +128,12 @@ def forward(model, params, x, return_losses=False, clean=False):
     return logits
 
 
-def clean_loss(model, params, clean_batch, include_regularization):
-    """l_g at `params`: mean clean cross-entropy, plus the model's regularisation losses
+def clean_loss(model, params, clean_batch, include_regularization, loss_fn=per_example_loss):
+    """l_g at `params`: the mean clean loss, plus the model's regularisation losses
     (e.g. weight decay, as the original CIFAR code) when `include_regularization`."""
     x, y = clean_batch
     logits, reg_losses = forward(model, params, x, return_losses=True, clean=True)
-    loss = tf.reduce_mean(per_example_loss(y, logits))
+    loss = tf.reduce_mean(loss_fn(y, logits))
     if include_regularization and reg_losses:
         loss += tf.add_n(reg_losses)
     return loss
@@ -131,11 +144,11 @@ def current_params(model):
 
 
 def _lookahead(model, noisy_batch, clean_batch, include_regularization, step_size,
-               keep_tape=False):
+               keep_tape=False, loss_fn=per_example_loss):
     """Algorithm 1 at ε = 0: −∂l_g(θ̂(ε))/∂ε through the look-ahead θ̂ = θ − α∇θ Σ ε_i C_i.
     Returns (alignment, inner tape (persistent if `keep_tape`), params, per-example losses,
-    regularisation loss (None without one), updated non-trainable values) so that the real step
-    can reuse the pass."""
+    regularisation loss (None without one), updated non-trainable values, outputs) so that the
+    real step can reuse the pass."""
     x, y = noisy_batch
     params = current_params(model)
     with tf.GradientTape() as outer:
@@ -143,7 +156,7 @@ def _lookahead(model, noisy_batch, clean_batch, include_regularization, step_siz
             inner.watch(params)
             logits, new_non_trainable, reg_losses = model.stateless_call(
                 params, meta_pass_state(model), x, training=True, return_losses=True)
-            losses = per_example_loss(y, logits)
+            losses = loss_fn(y, logits)
             regularization = tf.add_n(reg_losses) if reg_losses else None
             eps = tf.zeros_like(losses)  # ε = 0, in the losses' dtype
             outer.watch(eps)
@@ -153,42 +166,46 @@ def _lookahead(model, noisy_batch, clean_batch, include_regularization, step_siz
         # θ̂ = θ − α∇θ l_f. An Embedding's gradient is an IndexedSlices (the batch's rows), which
         # does not scale or subtract: made dense, as θ̂ is (the densifying op is differentiable).
         lookahead_params = [p - step_size * tf.convert_to_tensor(g) for p, g in zip(params, grads)]
-        meta_loss = clean_loss(model, lookahead_params, clean_batch, include_regularization)
+        meta_loss = clean_loss(model, lookahead_params, clean_batch, include_regularization,
+                               loss_fn)
     alignment = -outer.gradient(meta_loss, eps)
-    return alignment, inner, params, losses, regularization, new_non_trainable
+    return alignment, inner, params, losses, regularization, new_non_trainable, logits
 
 
 def lookahead_alignment(model, noisy_batch, clean_batch, include_regularization=False,
-                        step_size=1.0):
+                        step_size=1.0, loss_fn=per_example_loss):
     """−∂l_g(θ̂(ε))/∂ε at ε = 0, by differentiating through the look-ahead step (Algorithm 1)."""
-    return _lookahead(model, noisy_batch, clean_batch, include_regularization, step_size)[0]
+    return _lookahead(model, noisy_batch, clean_batch, include_regularization, step_size,
+                      loss_fn=loss_fn)[0]
 
 
-def clean_gradient(model, params, clean_batch, include_regularization=False):
+def clean_gradient(model, params, clean_batch, include_regularization=False,
+                   loss_fn=per_example_loss):
     """v = ∇θ l_g(θ), the direction every example's gradient is compared with."""
     with tf.GradientTape() as tape:
         tape.watch(params)
-        meta_loss = clean_loss(model, params, clean_batch, include_regularization)
+        meta_loss = clean_loss(model, params, clean_batch, include_regularization, loss_fn)
     return tape.gradient(meta_loss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
 def after(tensors, x):
     """`x`, available only once `tensors` are computed. Without it, graph execution may run the
     noisy pass side by side with the clean one (they are independent until they meet) and hold
-    both passes' activations at once."""
-    with tf.control_dependencies(tensors):
-        return tf.identity(x)
+    both passes' activations at once. `x` may be a nest (a model of several inputs)."""
+    with tf.control_dependencies(tf.nest.flatten(tensors)):
+        return tf.nest.map_structure(tf.identity, x)
 
 
-def jvp_alignment(model, noisy_batch, clean_batch, include_regularization=False):
+def jvp_alignment(model, noisy_batch, clean_batch, include_regularization=False,
+                  loss_fn=per_example_loss):
     """⟨∇θ C_i, ∇θ l_g⟩ for every i at once: the JVP of the loss vector along the clean gradient.
     Equal to −∂l_g/∂ε_i at ε = 0 with α = 1 (the look-ahead's step size)."""
     x, y = noisy_batch
     params = current_params(model)
-    direction = clean_gradient(model, params, clean_batch, include_regularization)
+    direction = clean_gradient(model, params, clean_batch, include_regularization, loss_fn)
     x = after(direction, x)
     with tf.autodiff.ForwardAccumulator(params, direction) as acc:
-        losses = per_example_loss(y, forward(model, params, x))
+        losses = loss_fn(y, forward(model, params, x))
     return acc.jvp(losses, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
@@ -239,7 +256,8 @@ def _regularization_gradients(model):
     return regularization, {id(v): g for v, g in zip(variables, grads) if g is not None}
 
 
-def _layerwise_pass(model, noisy_batch, clean_batch, regularization_grads):
+def _layerwise_pass(model, noisy_batch, clean_batch, regularization_grads,
+                    loss_fn=per_example_loss):
     """The noisy and the clean batch in one forward and one backward pass, layer by layer.
 
     Examples are independent, so the gradient of Σ_i C_i (noisy) + mean_j C_j (clean) holds every
@@ -248,7 +266,8 @@ def _layerwise_pass(model, noisy_batch, clean_batch, regularization_grads):
     ⟨∇θ C_i, ∇θ l_g⟩ = Σ_layers ⟨δ_i, a_i ∗ V + v_b⟩ from the noisy rows.
     `regularization_grads` ({id(variable): gradient}, empty for none) is added to the clean
     gradient. Returns the noisy per-example losses, their alignments and, per parameter layer,
-    (layer, noisy input a, noisy output gradient δ) for the weighted gradient."""
+    (layer, noisy input a, noisy output gradient δ) for the weighted gradient, and the noisy
+    rows' outputs."""
     chain = layerwise_layers(model)  # a clear ValueError for the models it does not apply to
     (x, y), (clean_x, clean_y) = noisy_batch, clean_batch
     n = tf.shape(y)[0]
@@ -264,7 +283,7 @@ def _layerwise_pass(model, noisy_batch, clean_batch, regularization_grads):
             tape.watch(z)
             records.append((layer, h, z))
             h = layer.activation(z)
-        losses = per_example_loss(tf.concat([y, tf.cast(clean_y, y.dtype)], axis=0), h)
+        losses = loss_fn(tf.concat([y, tf.cast(clean_y, y.dtype)], axis=0), h)
         noisy_losses = losses[:n]
         objective = tf.reduce_sum(noisy_losses) + tf.reduce_mean(losses[n:])
     deltas = tape.gradient(objective, [z for _, _, z in records])
@@ -281,7 +300,7 @@ def _layerwise_pass(model, noisy_batch, clean_batch, regularization_grads):
                         direction[id(layer.bias)] if layer.use_bias else None)
         alignment += tf.reduce_sum(tf.reshape(along * delta, [n, -1]), axis=1)
         noisy_layers.append((layer, a, delta))
-    return noisy_losses, alignment, noisy_layers
+    return noisy_losses, alignment, noisy_layers, h[:n]
 
 
 def _linear(layer, inputs, kernel, bias):
@@ -307,23 +326,26 @@ def _layer_gradient(layer, inputs, output_gradients):
     return grads
 
 
-def layerwise_alignment(model, noisy_batch, clean_batch, include_regularization=False):
+def layerwise_alignment(model, noisy_batch, clean_batch, include_regularization=False,
+                        loss_fn=per_example_loss):
     """⟨∇θ C_i, ∇θ l_g⟩ for every i, layer by layer (the `layerwise` method); equals
     `jvp_alignment` on the models it applies to."""
     regularization_grads = _regularization_gradients(model)[1] if include_regularization else {}
-    return _layerwise_pass(model, noisy_batch, clean_batch, regularization_grads)[1]
+    return _layerwise_pass(model, noisy_batch, clean_batch, regularization_grads, loss_fn)[1]
 
 
-def layerwise_l2rw_gradients(model, noisy_batch, clean_batch, include_regularization=False):
+def layerwise_l2rw_gradients(model, noisy_batch, clean_batch, include_regularization=False,
+                             loss_fn=per_example_loss):
     """The whole L2RW step's gradient by the `layerwise` method (the fastest exact way on the
     models it applies to): one forward and one backward pass over the noisy and clean batches
     together, and the weighted gradient of each layer contracted from its inputs and its δ_i·w_i,
     over the examples of nonzero weight only (L2RW sets many to zero; they add nothing). Returns
-    (gradients, example_weights, per_example_losses, weighted_loss), like `fused_l2rw_gradients`."""
+    a `StepGradients` (no non-trainable state: the models it applies to have none)."""
     # The regularisation gradient serves the clean meta loss (if asked) and the real step.
     regularization, regularization_grads = _regularization_gradients(model)
-    losses, alignment, layers = _layerwise_pass(
-        model, noisy_batch, clean_batch, regularization_grads if include_regularization else {})
+    losses, alignment, layers, outputs = _layerwise_pass(
+        model, noisy_batch, clean_batch, regularization_grads if include_regularization else {},
+        loss_fn)
     weights = tf.stop_gradient(normalize_weights(alignment))
     kept = tf.where(weights > 0.0)[:, 0]
     kept_weights = tf.gather(weights, kept)
@@ -337,36 +359,34 @@ def layerwise_l2rw_gradients(model, noisy_batch, clean_batch, include_regulariza
     loss = tf.reduce_sum(weights * losses)
     if regularization is not None:
         loss += regularization
-    return grads, weights, losses, loss
+    return StepGradients(grads, weights, losses, loss, outputs=outputs)
 
 
 def example_weights(model, noisy_batch, clean_batch, meta_grad="jvp",
-                    include_regularization=False):
+                    include_regularization=False, loss_fn=per_example_loss):
     """The L2RW weights of the noisy batch: a constant vector (stop-gradient) summing to 1 or 0.
 
     model: a built Keras model returning logits. noisy_batch, clean_batch: (images, labels).
     meta_grad: "jvp" (forward-mode identity), "lookahead" (Algorithm 1's nested tapes) or
     "layerwise" (per-layer inner products; BN- and dropout-free chain models only).
     include_regularization: add `model.losses` (weight decay) to the clean meta loss.
+    loss_fn(labels, outputs): the per-example loss C_i, a vector (default: cross-entropy).
     """
-    if meta_grad == "jvp":
-        alignment = jvp_alignment(model, noisy_batch, clean_batch, include_regularization)
-    elif meta_grad == "lookahead":
-        alignment = lookahead_alignment(model, noisy_batch, clean_batch, include_regularization)
-    elif meta_grad == "layerwise":
-        alignment = layerwise_alignment(model, noisy_batch, clean_batch, include_regularization)
-    else:
+    if meta_grad not in ALIGNMENTS:
         raise ValueError(f"unknown meta_grad {meta_grad!r}: choose one of {META_GRADIENTS}")
+    alignment = ALIGNMENTS[meta_grad](model, noisy_batch, clean_batch, include_regularization,
+                                      loss_fn=loss_fn)
     return tf.stop_gradient(normalize_weights(alignment))
 
 
 def fused_lookahead_gradients(model, noisy_batch, clean_batch, include_regularization=False,
-                              step_size=1.0):
+                              step_size=1.0, loss_fn=per_example_loss):
     """Algorithm 1 and the weighted step from one noisy forward pass: the look-ahead's inner tape
     (kept) is differentiated a second time, with the weights, for the real step (instead of a
-    second forward pass). Same returns as `fused_l2rw_gradients`."""
-    alignment, inner, params, losses, regularization, new_non_trainable = _lookahead(
-        model, noisy_batch, clean_batch, include_regularization, step_size, keep_tape=True)
+    second forward pass). Returns a `StepGradients`, like `fused_l2rw_gradients`."""
+    alignment, inner, params, losses, regularization, new_non_trainable, outputs = _lookahead(
+        model, noisy_batch, clean_batch, include_regularization, step_size, keep_tape=True,
+        loss_fn=loss_fn)
     weights = tf.stop_gradient(normalize_weights(alignment))
     # ∇θ(Σ w_i C_i + regularisation) through the recorded pass: output gradients (w, 1). Sparse
     # gradients stay IndexedSlices, as the tape (and `fused_l2rw_gradients`) returns them.
@@ -379,10 +399,11 @@ def fused_lookahead_gradients(model, noisy_batch, clean_batch, include_regulariz
     grads = inner.gradient(targets, params, output_gradients=output_gradients,
                            unconnected_gradients=tf.UnconnectedGradients.ZERO)
     del inner
-    return grads, weights, losses, loss, new_non_trainable
+    return StepGradients(grads, weights, losses, loss, new_non_trainable, outputs)
 
 
-def fused_l2rw_gradients(model, noisy_batch, clean_batch, include_regularization=False):
+def fused_l2rw_gradients(model, noisy_batch, clean_batch, include_regularization=False,
+                         loss_fn=per_example_loss):
     """The whole L2RW step's gradient with one noisy forward pass (the fast path).
 
     The training-mode forward pass of the real step is run under a `ForwardAccumulator` along the
@@ -392,24 +413,30 @@ def fused_l2rw_gradients(model, noisy_batch, clean_batch, include_regularization
     batch statistics and dropout the same masks (Keras draws them from the seed state the real
     pass would use; the clean pass draws its own, `meta_pass_state`).
 
-    Returns (gradients, example_weights, per_example_losses, weighted_loss,
-    updated_non_trainable_values); the caller applies the gradients and assigns the non-trainable
+    Returns a `StepGradients`; the caller applies the gradients and assigns the non-trainable
     values (BN moving statistics, dropout seed state).
     """
     x, y = noisy_batch
     params = current_params(model)
-    direction = clean_gradient(model, params, clean_batch, include_regularization)
+    direction = clean_gradient(model, params, clean_batch, include_regularization, loss_fn)
     x = after(direction, x)
     with tf.GradientTape() as tape:
         tape.watch(params)
         with tf.autodiff.ForwardAccumulator(params, direction) as acc:
             logits, new_non_trainable, reg_losses = model.stateless_call(
                 params, meta_pass_state(model), x, training=True, return_losses=True)
-            losses = per_example_loss(y, logits)
+            losses = loss_fn(y, logits)
         weights = tf.stop_gradient(normalize_weights(
             acc.jvp(losses, unconnected_gradients=tf.UnconnectedGradients.ZERO)))
         loss = tf.reduce_sum(weights * losses)
         if reg_losses:
             loss += tf.add_n(reg_losses)
     grads = tape.gradient(loss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
-    return grads, weights, losses, loss, new_non_trainable
+    return StepGradients(grads, weights, losses, loss, new_non_trainable, logits)
+
+
+# The alignments −∂l_g/∂ε_i of each method, and the whole step fused with them, by name.
+ALIGNMENTS = {"jvp": jvp_alignment, "lookahead": lookahead_alignment,
+              "layerwise": layerwise_alignment}
+FUSED_STEPS = {"jvp": fused_l2rw_gradients, "lookahead": fused_lookahead_gradients,
+               "layerwise": layerwise_l2rw_gradients}

@@ -1,4 +1,5 @@
-"""Training: the weighted step of every method, and a resumable loop that logs what it does.
+"""Training, the command line's driver: a resumable loop around the step of step.py that logs
+what it does.
 
 A run directory holds `flags.json` (the settings), `metrics.csv` (one row per evaluation),
 `tb/` (TensorBoard), `ckpt/` (model, optimizer, step, input iterators, RNG) and, once finished,
@@ -7,7 +8,6 @@ a finished run is not run again.
 """
 import contextlib
 import csv
-import dataclasses
 import json
 import os
 import signal
@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from l2rw_tf import choices, reweight
+from l2rw_tf.step import step_gradients
 
 METHODS, TASK_METHODS = choices.METHODS, choices.TASK_METHODS
 # Methods that train on a clean set; in the imbalance task the others get the clean images as
@@ -51,18 +52,6 @@ class TF1Momentum(keras.optimizers.Optimizer):
         self.assign_sub(variable, tf.cast(learning_rate, variable.dtype) * accumulator)
 
 
-@dataclasses.dataclass
-class StepConfig:
-    method: str = "l2rw"
-    meta_grad: str = "jvp"
-    clean_weight_decay: bool = True  # regularisation losses in the clean meta loss
-    pos_ratio: float = 0.995         # for `ratio`
-    seed: int = 0
-    background_class: int = -1       # for `weighted`: the BackgroundFlip class ...
-    background_weight: float = 1.0   # ... and its weight before normalisation
-    fused: bool = True               # l2rw: one noisy forward pass for weights and step
-
-
 def learning_rate(lr, boundaries=None, values=None):
     """The learning rate of the original's fixed schedule: `lr`, then values[k] from 0-based step
     boundaries[k] - 1 on (its scheduler sets the new rate when niter + 1 == boundary, before that
@@ -92,111 +81,9 @@ def current_learning_rate(optimizer, steps_done):
     return float(optimizer.learning_rate)
 
 
-def hard_mining_weights(model, labels, images, losses=None):
-    """Hard *positive* mining as the original intended (its version ranks a scalar mean loss):
-    keep every minority (label 0) example plus the k majority examples with the largest loss,
-    k = max(#minority, 1); uniform weights over the kept examples. `losses`: the per-example
-    losses at the current parameters, if already computed."""
-    if losses is None:
-        losses = reweight.per_example_loss(labels, reweight.forward(
-            model, reweight.current_params(model), images))
-    is_majority = tf.cast(tf.equal(labels, 1), tf.float32)
-    k = tf.maximum(tf.cast(tf.reduce_sum(1.0 - is_majority), tf.int32), 1)
-    k = tf.minimum(k, tf.cast(tf.reduce_sum(is_majority), tf.int32))
-    # Minority examples rank below every majority example, so top_k picks majority only.
-    ranked = tf.where(is_majority > 0, losses, -np.inf)
-    _, hardest = tf.math.top_k(ranked, k)
-    picked = tf.scatter_nd(hardest[:, None], tf.ones_like(hardest, tf.float32),
-                           tf.shape(labels, out_type=tf.int32))
-    mask = tf.maximum(1.0 - is_majority, picked)
-    return mask / tf.reduce_sum(mask)
-
-
 # Statistics accumulated inside the step between evaluations (sums; see `summarize`).
 STAT_NAMES = ("steps", "loss", "mean_loss", "examples", "zero_weights", "minority_weight",
               "noisy_weight", "noisy_count", "clean_weight", "clean_count")
-
-
-def batch_weights(model, config, rng, noisy, clean):
-    """The example weights of `config.method` for the noisy batch (a vector summing to 1 for
-    every method but `ratio`, or 0 when L2RW finds no aligned example). Runs inside the step."""
-    labels = noisy["label"]
-    n = tf.shape(labels)[0]
-    uniform = tf.fill([n], 1.0 / tf.cast(n, tf.float32))
-    if config.method == "l2rw":
-        return reweight.example_weights(
-            model, (noisy["image"], labels), (clean["image"], clean["label"]),
-            config.meta_grad, config.clean_weight_decay)
-    if config.method == "random":
-        return reweight.normalize_weights(rng.normal([n]))
-    if config.method == "ratio":
-        # The original's proportion weighting (not normalised): p for 4s, 1 − p for 9s.
-        y = tf.cast(labels, tf.float32)
-        return config.pos_ratio * (1.0 - y) + (1.0 - config.pos_ratio) * y
-    if config.method == "hard_mining":
-        return hard_mining_weights(model, labels, noisy["image"])
-    if config.method == "weighted":
-        # The original's "Weighted" BackgroundFlip baseline: examples labelled with the background
-        # class get its clean fraction as weight, the others 1, normalised to sum 1 over the batch.
-        # (The original takes the batch's most frequent label as the background class and writes
-        # 1/C as 0.1; we use the known class and 1/C, the same on CIFAR-10.)
-        is_background = tf.equal(tf.cast(labels, tf.int64), config.background_class)
-        raw = tf.where(is_background, tf.constant(config.background_weight, tf.float32), 1.0)
-        return raw / tf.reduce_sum(raw)
-    return uniform  # baseline, resample, clean_only, finetune (their data differs)
-
-
-# The L2RW steps whose meta-gradient and weighted step share one noisy forward pass
-# (layerwise always does; see below).
-FUSED_STEPS = {"jvp": reweight.fused_l2rw_gradients,
-               "lookahead": reweight.fused_lookahead_gradients}
-
-
-def weighted_step_gradients(model, config, rng, noisy, clean):
-    """(gradients, example weights, per-example losses, total loss) of one step of
-    `config.method`. The real step's forward pass updates BatchNorm moving statistics."""
-    if config.method == "l2rw" and config.meta_grad in FUSED_STEPS and config.fused:
-        # One noisy forward pass serves both the meta-gradient (the weights) and the weighted step.
-        grads, weights, losses, loss, new_non_trainable = FUSED_STEPS[config.meta_grad](
-            model, (noisy["image"], noisy["label"]), (clean["image"], clean["label"]),
-            config.clean_weight_decay)
-        for variable, value in zip(model.non_trainable_variables, new_non_trainable):
-            variable.assign(value)
-        return grads, weights, losses, loss
-    if config.method == "l2rw" and config.meta_grad == "layerwise" and config.fused:
-        return reweight.layerwise_l2rw_gradients(
-            model, (noisy["image"], noisy["label"]), (clean["image"], clean["label"]),
-            config.clean_weight_decay)
-    if config.method == "hard_mining" and reweight.examples_are_independent(model):
-        return hard_mining_gradients(model, noisy)
-    weights = tf.stop_gradient(batch_weights(model, config, rng, noisy, clean))
-    # The step's forward pass starts once the weights exist: run side by side with the L2RW
-    # meta passes, it would hold both passes' activations at once (twice the memory).
-    images = reweight.after([weights], noisy["image"])
-    with tf.GradientTape() as tape:
-        logits = model(images, training=True)
-        losses = reweight.per_example_loss(noisy["label"], logits)
-        loss = tf.reduce_sum(tf.cast(weights, losses.dtype) * losses)
-        if model.losses:
-            loss += tf.add_n(model.losses)
-    return tape.gradient(loss, model.trainable_variables), weights, losses, loss
-
-
-def hard_mining_gradients(model, noisy):
-    """The hard_mining step on its kept examples only. The pool is 5x the batch (500, as the
-    original) but at most 2·#minority examples carry weight, so the backward pass and a second
-    forward pass run on those alone; the pass that ranks the pool also gives its losses."""
-    images, labels = noisy["image"], noisy["label"]
-    losses = reweight.per_example_loss(labels, model(images, training=True))
-    weights = tf.stop_gradient(hard_mining_weights(model, labels, images, losses))
-    kept = tf.where(weights > 0.0)[:, 0]
-    with tf.GradientTape() as tape:
-        kept_losses = reweight.per_example_loss(
-            tf.gather(labels, kept), model(tf.gather(images, kept), training=True))
-        loss = tf.reduce_sum(tf.gather(weights, kept) * kept_losses)
-        if model.losses:
-            loss += tf.add_n(model.losses)
-    return tape.gradient(loss, model.trainable_variables), weights, losses, loss
 
 
 def make_train_step(model, optimizer, config, rng, num_examples=0, jit_compile=False):
@@ -221,7 +108,9 @@ def make_train_step(model, optimizer, config, rng, num_examples=0, jit_compile=F
     @tf.function(jit_compile=jit_compile)
     def train_step(noisy, clean):
         trace_count[0] += 1
-        grads, weights, losses, loss = weighted_step_gradients(model, config, rng, noisy, clean)
+        grads, weights, losses, loss = step_gradients(
+            model, config, (noisy["image"], noisy["label"]), (clean["image"], clean["label"]),
+            rng)[:4]
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         finite = all_finite([loss, weights] + model.trainable_variables)
 

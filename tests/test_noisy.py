@@ -13,6 +13,7 @@ from absl import flags
 
 from conftest import REPO
 from l2rw_tf import data, main, noise, train
+from l2rw_tf.step import StepConfig, step_gradients
 from l2rw_tf.models import lenet
 
 
@@ -262,12 +263,14 @@ def test_weighted_method_downweights_the_background_class():
     noisy = batch()
     noisy["label"] = tf.constant([3, 3, 3, 3, 0, 1, 2, 5, 3, 9])
     bw = noise.background_weight(10, 0.4)
-    config = train.StepConfig(method="weighted", background_class=3, background_weight=bw)
-    w = train.batch_weights(None, config, None, noisy, None).numpy()
+    config = StepConfig(method="weighted", background_class=3, background_weight=bw)
+    model = lenet(10, seed=0)
+    pair = (noisy["image"], noisy["label"])
+    w = step_gradients(model, config, pair, None).example_weights.numpy()
     raw = np.where(noisy["label"].numpy() == 3, bw, 1.0)
     np.testing.assert_allclose(w, raw / raw.sum(), rtol=1e-6)
     for method in ("clean_only", "finetune", "baseline"):
-        w = train.batch_weights(None, train.StepConfig(method=method), None, noisy, None)
+        w = step_gradients(model, StepConfig(method=method), pair, None).example_weights
         np.testing.assert_allclose(w.numpy(), np.full(10, 0.1), rtol=1e-6)
 
 
@@ -276,7 +279,7 @@ def test_new_methods_trace_once(method):
     model = lenet(10, seed=0)
     step, stats, _, traces = train.make_train_step(
         model, train.TF1Momentum(train.learning_rate(0.1, [2], [0.01])),
-        train.StepConfig(method=method, background_class=3, background_weight=0.2),
+        StepConfig(method=method, background_class=3, background_weight=0.2),
         tf.random.Generator.from_seed(0))
     for seed in range(4):
         step(batch(seed=seed), batch(n=6, seed=seed + 10))

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from l2rw_tf import reweight, train
+from l2rw_tf.step import StepConfig, step_gradients
 from l2rw_tf.models import lenet
 
 
@@ -204,8 +205,8 @@ def test_clean_regularization_is_in_the_meta_loss():
 def test_train_step_traces_once(method):
     model = lenet(1, seed=0)
     optimizer = train.TF1Momentum(1e-3)
-    config = (train.StepConfig(method="l2rw", meta_grad="layerwise")
-              if method == "l2rw_layerwise" else train.StepConfig(method=method))
+    config = (StepConfig(method="l2rw", meta_grad="layerwise")
+              if method == "l2rw_layerwise" else StepConfig(method=method))
     step, stats, _, traces = train.make_train_step(
         model, optimizer, config, tf.random.Generator.from_seed(0))
     for seed in range(4):
@@ -240,7 +241,7 @@ def test_fused_step_equals_separate_weights_then_step(dropout, meta_grad):
         model = small_bn_model(dropout=dropout, weight_decay=1e-2)
         step, stats, _, _ = train.make_train_step(
             model, train.TF1Momentum(0.1),
-            train.StepConfig(method="l2rw", meta_grad=meta_grad, fused=fused),
+            StepConfig(method="l2rw", meta_grad=meta_grad, fused=fused),
             tf.random.Generator.from_seed(0))
         for seed in range(3):
             (x, y), (xc, yc) = batches(n=16, m=6, shape=(8, 8, 2), classes=3, seed=seed)
@@ -258,7 +259,7 @@ def test_per_example_weight_statistics():
     """example_stats counts appearances, sums w_i·n and zeros per training-set index."""
     model = lenet(1, seed=0)
     step, _, example_stats, _ = train.make_train_step(
-        model, train.TF1Momentum(1e-3), train.StepConfig(method="ratio", pos_ratio=0.75),
+        model, train.TF1Momentum(1e-3), StepConfig(method="ratio", pos_ratio=0.75),
         tf.random.Generator.from_seed(0), num_examples=6)
     (x, _), (xc, yc) = batches(n=4, m=2)
     for index, label in (([0, 1, 2, 3], [0, 1, 1, 1]), ([2, 3, 4, 0], [1, 1, 0, 0])):
@@ -282,9 +283,9 @@ def test_hard_mining_step_on_kept_examples_equals_the_masked_pool_step():
     model = lenet(1, seed=0)
     (x, y), _ = batches(n=60, m=4, seed=3)
     y = tf.cast(tf.where(tf.range(60) % 10 == 0, 0, 1), y.dtype)  # 6 of the minority label 0
-    grads, weights, losses, loss = train.weighted_step_gradients(
-        model, train.StepConfig(method="hard_mining"), tf.random.Generator.from_seed(0),
-        {"image": x, "label": y}, None)
+    grads, weights, losses, loss = step_gradients(
+        model, StepConfig(method="hard_mining"), (x, y), None,
+        tf.random.Generator.from_seed(0))[:4]
     assert reweight.examples_are_independent(model)
     assert int(tf.reduce_sum(tf.cast(weights > 0, tf.int32))) == 12  # 6 minority + 6 hardest
     with tf.GradientTape() as tape:
@@ -340,7 +341,8 @@ def test_layerwise_step_with_every_weight_zero(compiled):
     noisy = (tf.repeat(image, 8, axis=0), tf.ones([8], tf.int64))
     clean = (tf.repeat(image, 3, axis=0), tf.zeros([3], tf.int64))
     step = reweight.layerwise_l2rw_gradients
-    grads, weights, losses, loss = (tf.function(step) if compiled else step)(model, noisy, clean)
+    grads, weights, losses, loss = (tf.function(step) if compiled else step)(
+        model, noisy, clean)[:4]
     assert float(tf.reduce_max(reweight.layerwise_alignment(model, noisy, clean))) < 0
     assert not np.any(weights.numpy()) and float(loss) == 0.0
     assert all(not np.any(g.numpy()) for g in grads)

@@ -6,6 +6,7 @@ import pytest
 import tensorflow as tf
 
 from l2rw_tf import reweight, train
+from l2rw_tf.step import StepConfig
 from test_reweight import batches, relative_error, small_bn_model
 
 GLOROT = keras.initializers.GlorotNormal
@@ -85,7 +86,7 @@ def test_train_steps_on_an_embedding_model():
             model = embedding_model(weight_decay=1e-3)
             step, stats, _, _ = train.make_train_step(
                 model, train.TF1Momentum(0.5),
-                train.StepConfig(method="l2rw", meta_grad=meta_grad, fused=fused),
+                StepConfig(method="l2rw", meta_grad=meta_grad, fused=fused),
                 tf.random.Generator.from_seed(0))
             for seed in range(3):
                 (x, y), (xc, yc) = token_batches(seed=seed)
@@ -358,7 +359,7 @@ def test_weights_are_a_deterministic_function_of_the_state():
     keras.utils.set_random_seed(0)
     trained, fresh = (small_bn_model(dropout=0.5, weight_decay=1e-2) for _ in range(2))
     step, _, _, _ = train.make_train_step(
-        trained, train.TF1Momentum(0.1), train.StepConfig(method="l2rw"),
+        trained, train.TF1Momentum(0.1), StepConfig(method="l2rw"),
         tf.random.Generator.from_seed(0))
     for seed in range(2):
         (x, y), (xc, yc) = batches(n=16, m=6, shape=(8, 8, 2), classes=3, seed=seed)
