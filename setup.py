@@ -10,6 +10,9 @@ setup(
         "tensorflow>=2.16,<2.22",
         "keras>=3.3",
         "tensorflow-datasets>=4.9.4",
+        # tfds' builders import it to find their checksums files (DatasetBuilder.code_path) but
+        # tfds declares it only for Python < 3.9: without it no dataset can be downloaded.
+        "importlib_resources",
         "numpy",
         "absl-py",
         "tensorboard",  # tf.summary needs it; TF 2.21 no longer installs it

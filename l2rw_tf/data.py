@@ -67,30 +67,69 @@ def _as_arrays(ds, chunk=10000):
 
 
 def _load_tfds(name, split, data_dir=None):
-    data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
+    builder = _prepared_builder(name, data_dir or os.environ.get("TFDS_DATA_DIR"))
+    num_classes = builder.info.features["label"].num_classes
+    cache = _tfds_cache_path(builder, split)
+    if cache is not None and cache.exists():
+        with np.load(cache, allow_pickle=False) as z:
+            return z["images"], z["labels"], num_classes
     try:
-        builder = tfds.builder(name, data_dir=data_dir)
-        if not builder.is_prepared():
-            builder.download_and_prepare()
-        num_classes = builder.info.features["label"].num_classes
-        cache = _tfds_cache_path(builder, split)
-        if cache is not None and cache.exists():
-            with np.load(cache, allow_pickle=False) as z:
-                return z["images"], z["labels"], num_classes
         # One file at a time: a split of several files is then read in tfds's sorted order.
         in_order = tfds.ReadConfig(interleave_cycle_length=1)
         images, labels = _as_arrays(
             builder.as_dataset(split=split, as_supervised=True, read_config=in_order))
-        images, labels = _in_source_order(split, images, labels)
-    except Exception as e:  # noqa: BLE001 -- tfds raises many kinds offline; name the fix instead.
-        where = data_dir or "the default tfds directory (~/tensorflow_datasets)"
-        raise DataError(
-            f"cannot load tfds dataset {name!r} split {split!r} from {where} ({type(e).__name__}); "
-            f"set --data_dir or TFDS_DATA_DIR to a prepared tfds directory "
-            f"(e.g. ../shared/tensorflow_datasets) or run once with internet access") from None
+    except ImportError as e:
+        raise _missing_module(e, name) from None
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 -- a damaged or unknown split; name it and the cause.
+        raise DataError(f"cannot read split {split!r} of tfds dataset {name!r} prepared in "
+                        f"{builder.data_dir_root} ({_brief(e)})") from None
+    images, labels = _in_source_order(split, images, labels)
     if cache is not None:
         _save_npz(cache, images=images, labels=labels)
     return images, labels, num_classes
+
+
+def _prepared_builder(name, data_dir):
+    """The tfds builder of `name` in `data_dir` (None: tfds' default directory), downloaded and
+    prepared there first if it is not yet."""
+    try:
+        builder = tfds.builder(name, data_dir=data_dir)
+    except ImportError as e:
+        raise _missing_module(e, name) from None
+    except Exception as e:  # noqa: BLE001 -- e.g. an unknown name; tfds' message says which.
+        raise DataError(f"cannot open tfds dataset {name!r} ({_brief(e)})") from None
+    if builder.is_prepared():
+        return builder
+    root = builder.data_dir_root
+    try:
+        builder.download_and_prepare()
+    except ImportError as e:  # a broken install, not a missing dataset
+        raise _missing_module(e, name) from None
+    except Exception as e:  # noqa: BLE001 -- offline, tfds raises many kinds; name the fix.
+        raise DataError(
+            f"tfds dataset {name!r} is not prepared in {root} and preparing it failed "
+            f"({_brief(e)}); prepare it once with internet access: python -c \"import "
+            f"tensorflow_datasets as tfds; tfds.builder('{name}', data_dir='{root}')"
+            f".download_and_prepare()\", or point --data_dir or TFDS_DATA_DIR at a directory "
+            f"that holds it") from None
+    return builder
+
+
+def _missing_module(error, name):
+    """The DataError of an ImportError met while tfds loads dataset `name`."""
+    module = error.name or str(error)
+    return DataError(f"Python module {module!r}, which tensorflow_datasets needs to load "
+                     f"{name!r}, cannot be imported ({_brief(error)}); reinstall the project's "
+                     f"requirements: pip install -e . (in the repository)")
+
+
+def _brief(error, limit=200):
+    """An exception as one short line: its type and the start of its message's first line."""
+    lines = str(error).strip().splitlines()
+    text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _in_source_order(split, images, labels):
