@@ -16,3 +16,17 @@ def runtime():
     versions = {name: metadata.version(name) for name in ("keras", "tensorflow-datasets", "numpy")}
     return {"tensorflow": tf.__version__, **versions,
             "onednn": os.environ.get("TF_ENABLE_ONEDNN_OPTS")}
+
+
+# The public API, imported on first use so that `import l2rw_tf` (and the command line's flag
+# checks) stay free of TensorFlow until it is needed.
+_API = {"L2RWModel": "l2rw_tf.fit", "example_weights": "l2rw_tf.reweight",
+        "per_example_loss": "l2rw_tf.reweight"}
+__all__ = ["runtime", *_API]
+
+
+def __getattr__(name):
+    if name in _API:
+        import importlib
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'l2rw_tf' has no attribute {name!r}")

@@ -71,6 +71,18 @@ class StepGradients(NamedTuple):
     outputs: tf.Tensor = None   # the noisy batch's outputs (logits), for metrics
 
 
+def unpack(batch):
+    """(x, y, sample_weight or None) of a noisy batch (x, y) or (x, y, sample_weight)."""
+    return (tuple(batch) + (None,))[:3]
+
+
+def scaled(losses, sample_weight):
+    """Per-example losses times their sample weights s_i (none: as they are). A noisy example's
+    loss is s_i·C_i throughout a step: its alignment scales by s_i, and so does its gradient in
+    the weighted step, so s_i = 0 gives weight 0 and a common factor cancels."""
+    return losses if sample_weight is None else losses * tf.cast(sample_weight, losses.dtype)
+
+
 def normalize_weights(raw_weights):
     """w = max(raw, 0) / (Σ max(raw, 0) + δ): all-zero weights stay all zero."""
     clipped = tf.maximum(raw_weights, 0.0)
@@ -131,7 +143,7 @@ def forward(model, params, x, return_losses=False, clean=False):
 def clean_loss(model, params, clean_batch, include_regularization, loss_fn=per_example_loss):
     """l_g at `params`: the mean clean loss, plus the model's regularisation losses
     (e.g. weight decay, as the original CIFAR code) when `include_regularization`."""
-    x, y = clean_batch
+    x, y = clean_batch[:2]
     logits, reg_losses = forward(model, params, x, return_losses=True, clean=True)
     loss = tf.reduce_mean(loss_fn(y, logits))
     if include_regularization and reg_losses:
@@ -149,14 +161,14 @@ def _lookahead(model, noisy_batch, clean_batch, include_regularization, step_siz
     Returns (alignment, inner tape (persistent if `keep_tape`), params, per-example losses,
     regularisation loss (None without one), updated non-trainable values, outputs) so that the
     real step can reuse the pass."""
-    x, y = noisy_batch
+    x, y, sample_weight = unpack(noisy_batch)
     params = current_params(model)
     with tf.GradientTape() as outer:
         with tf.GradientTape(persistent=keep_tape) as inner:
             inner.watch(params)
             logits, new_non_trainable, reg_losses = model.stateless_call(
                 params, meta_pass_state(model), x, training=True, return_losses=True)
-            losses = loss_fn(y, logits)
+            losses = scaled(loss_fn(y, logits), sample_weight)
             regularization = tf.add_n(reg_losses) if reg_losses else None
             eps = tf.zeros_like(losses)  # ε = 0, in the losses' dtype
             outer.watch(eps)
@@ -200,12 +212,12 @@ def jvp_alignment(model, noisy_batch, clean_batch, include_regularization=False,
                   loss_fn=per_example_loss):
     """⟨∇θ C_i, ∇θ l_g⟩ for every i at once: the JVP of the loss vector along the clean gradient.
     Equal to −∂l_g/∂ε_i at ε = 0 with α = 1 (the look-ahead's step size)."""
-    x, y = noisy_batch
+    x, y, sample_weight = unpack(noisy_batch)
     params = current_params(model)
     direction = clean_gradient(model, params, clean_batch, include_regularization, loss_fn)
     x = after(direction, x)
     with tf.autodiff.ForwardAccumulator(params, direction) as acc:
-        losses = loss_fn(y, forward(model, params, x))
+        losses = scaled(loss_fn(y, forward(model, params, x)), sample_weight)
     return acc.jvp(losses, unconnected_gradients=tf.UnconnectedGradients.ZERO)
 
 
@@ -269,7 +281,7 @@ def _layerwise_pass(model, noisy_batch, clean_batch, regularization_grads,
     (layer, noisy input a, noisy output gradient δ) for the weighted gradient, and the noisy
     rows' outputs."""
     chain = layerwise_layers(model)  # a clear ValueError for the models it does not apply to
-    (x, y), (clean_x, clean_y) = noisy_batch, clean_batch
+    (x, y, sample_weight), (clean_x, clean_y) = unpack(noisy_batch), clean_batch[:2]
     n = tf.shape(y)[0]
     records = []  # (layer, input, pre-activation output), noisy rows first
     with tf.GradientTape() as tape:
@@ -284,7 +296,7 @@ def _layerwise_pass(model, noisy_batch, clean_batch, regularization_grads,
             records.append((layer, h, z))
             h = layer.activation(z)
         losses = loss_fn(tf.concat([y, tf.cast(clean_y, y.dtype)], axis=0), h)
-        noisy_losses = losses[:n]
+        noisy_losses = scaled(losses[:n], sample_weight)
         objective = tf.reduce_sum(noisy_losses) + tf.reduce_mean(losses[n:])
     deltas = tape.gradient(objective, [z for _, _, z in records])
     direction = {}  # id(variable) -> its part of ∇θ l_g
@@ -366,7 +378,8 @@ def example_weights(model, noisy_batch, clean_batch, meta_grad="jvp",
                     include_regularization=False, loss_fn=per_example_loss):
     """The L2RW weights of the noisy batch: a constant vector (stop-gradient) summing to 1 or 0.
 
-    model: a built Keras model returning logits. noisy_batch, clean_batch: (images, labels).
+    model: a built Keras model (outputs as `loss_fn` takes them; default: logits).
+    noisy_batch: (inputs, labels) or (inputs, labels, sample_weight); clean_batch: (inputs, labels).
     meta_grad: "jvp" (forward-mode identity), "lookahead" (Algorithm 1's nested tapes) or
     "layerwise" (per-layer inner products; BN- and dropout-free chain models only).
     include_regularization: add `model.losses` (weight decay) to the clean meta loss.
@@ -416,7 +429,7 @@ def fused_l2rw_gradients(model, noisy_batch, clean_batch, include_regularization
     Returns a `StepGradients`; the caller applies the gradients and assigns the non-trainable
     values (BN moving statistics, dropout seed state).
     """
-    x, y = noisy_batch
+    x, y, sample_weight = unpack(noisy_batch)
     params = current_params(model)
     direction = clean_gradient(model, params, clean_batch, include_regularization, loss_fn)
     x = after(direction, x)
@@ -425,7 +438,7 @@ def fused_l2rw_gradients(model, noisy_batch, clean_batch, include_regularization
         with tf.autodiff.ForwardAccumulator(params, direction) as acc:
             logits, new_non_trainable, reg_losses = model.stateless_call(
                 params, meta_pass_state(model), x, training=True, return_losses=True)
-            losses = loss_fn(y, logits)
+            losses = scaled(loss_fn(y, logits), sample_weight)
         weights = tf.stop_gradient(normalize_weights(
             acc.jvp(losses, unconnected_gradients=tf.UnconnectedGradients.ZERO)))
         loss = tf.reduce_sum(weights * losses)

@@ -3,7 +3,8 @@
 The only module that knows the methods. Both drivers take their step from `step_gradients`:
 train.py's resumable loop (the command line) and `fit.L2RWModel.train_step` (Keras `fit`), so
 the two cannot drift apart. A batch is an (inputs, labels) pair; `loss_fn(labels, outputs)` gives
-the per-example losses C_i (default: cross-entropy, `reweight.per_example_loss`). The step's
+the per-example losses C_i (default: cross-entropy, `reweight.per_example_loss`); a noisy batch
+may carry per-example sample weights as a third element (x, y, s), which scale its C_i. The step's
 forward pass is a training-mode one, so it updates BatchNorm moving statistics; the caller
 applies the gradients.
 
@@ -52,13 +53,13 @@ def l2rw_step(model, config, noisy, clean, rng, loss_fn):
 def weighted_step(model, weights, noisy, loss_fn=per_example_loss):
     """∇θ (Σ_i w_i C_i + regularisation) for given weights, from a training-mode forward pass."""
     weights = tf.stop_gradient(weights)
-    x, y = noisy
+    x, y, sample_weight = reweight.unpack(noisy)
     # The forward pass starts once the weights exist: run side by side with the L2RW meta passes,
     # it would hold both passes' activations at once (twice the memory).
     x = reweight.after([weights], x)
     with tf.GradientTape() as tape:
         outputs = model(x, training=True)
-        losses = loss_fn(y, outputs)
+        losses = reweight.scaled(loss_fn(y, outputs), sample_weight)
         loss = tf.reduce_sum(tf.cast(weights, losses.dtype) * losses)
         if model.losses:
             loss += tf.add_n(model.losses)
@@ -72,7 +73,7 @@ def uniform_weights(labels):
 
 
 def uniform_step(model, config, noisy, clean, rng, loss_fn):
-    return weighted_step(model, uniform_weights(noisy[1]), noisy, loss_fn)
+    return weighted_step(model, uniform_weights(noisy[1]), noisy, loss_fn)  # noqa: ARG001
 
 
 def random_step(model, config, noisy, clean, rng, loss_fn):
@@ -122,7 +123,7 @@ def hard_mining_step(model, config, noisy, clean, rng, loss_fn):
     only: the pool is 5x the batch (500, as the original) but at most 2·#minority examples carry
     weight, so the backward pass and a second forward pass run on those alone; the pass that
     ranks the pool also gives its losses."""
-    x, y = noisy
+    x, y = noisy[:2]  # a binary-task baseline of the original: sample weights do not apply
     if not reweight.examples_are_independent(model):
         return weighted_step(model, hard_mining_weights(model, y, x, loss_fn=loss_fn), noisy,
                              loss_fn)
