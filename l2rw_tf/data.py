@@ -14,6 +14,7 @@ import hashlib
 import inspect
 import os
 import pathlib
+import re
 import tempfile
 
 import numpy as np
@@ -230,16 +231,26 @@ def _folder_fingerprint(root):
     return _files_fingerprint(root, images())
 
 
+# Version of the folder decode cache's content; 2: images keep their files' channel count (1:
+# always 3 channels, tfds.ImageFolder's decoding).
+FOLDER_CACHE_VERSION = 2
+
+
 def load_folder(path, split, use_cache=True):
-    """(images uint8 [N, H, W, 3], labels int64 [N], class names) of one split of an image folder
-    read by `tfds.ImageFolder` (PATH/<split>/<class>/<image>; classes sorted by name, label = rank;
-    tfds' own deterministic example order). The decoded arrays are cached as .npz in `cache_dir()`,
-    keyed by the folder's path and its files' sizes and mtimes, since decoding 60,000 JPEGs is slow.
+    """(images uint8 [N, H, W, C], labels int64 [N], class names) of one split of an image folder
+    PATH/<split>/<class>/<image>, listed by `tfds.ImageFolder`: classes sorted by name, label =
+    rank, tfds' own deterministic example order. C is the files' channel count: 1 when every file
+    is grayscale, else 3 (grayscale files converted to RGB); alpha channels are dropped. A file
+    that cannot be decoded is refused, DataError naming every such file: skipping it would quietly
+    make the split differ from the folder. The decoded arrays are cached as .npz in `cache_dir()`,
+    keyed by the folder's path and its files' sizes and mtimes, since decoding 60,000 JPEGs is
+    slow.
     """
     root = resolve_folder(path)
     cache = None
     if use_cache:
-        cache = cache_dir() / f"folder_{root.name}_{_folder_fingerprint(root)}_{split}.npz"
+        cache = cache_dir() / (f"folder{FOLDER_CACHE_VERSION}_{root.name}_"
+                               f"{_folder_fingerprint(root)}_{split}.npz")
         if cache.exists():
             with np.load(cache, allow_pickle=False) as z:
                 return z["images"], z["labels"], [str(c) for c in z["classes"]]
@@ -248,25 +259,67 @@ def load_folder(path, split, use_cache=True):
     except Exception as e:  # noqa: BLE001
         raise DataError(f"cannot read image folder {str(root)!r}: {e}") from None
     if split not in builder.info.splits:
+        if (root / split).is_dir():
+            raise DataError(f"{root / split} has no class sub-folders; image folders need "
+                            f"{root}/{split}/<class>/<image>")
         raise DataError(f"image folder {str(root)!r} has no {split!r} split (sub-folders: "
                         f"{sorted(builder.info.splits)}); it needs {root}/{split}/<class>/<image>")
+    if builder.info.splits[split].num_examples == 0:
+        raise DataError(f"image folder {str(root)!r} split {split!r} holds no images "
+                        f"(.png, .jpg or .jpeg in {root}/{split}/<class>/)")
     classes = list(builder.info.features["label"].names)
-    ds = builder.as_dataset(split=split, as_supervised=True)
-    shapes = set()
-    images, labels = [], []
-    for image, label in tfds.as_numpy(ds):
-        shapes.add(image.shape)
-        if len(shapes) > 1:
-            raise DataError(f"images of {str(root)!r} differ in size ({sorted(shapes)}); "
-                            f"resize them to one size first")
-        images.append(image)
-        labels.append(label)
-    if not images:
-        raise DataError(f"image folder {str(root)!r} split {split!r} holds no images")
-    images, labels = np.stack(images).astype(np.uint8), np.asarray(labels, np.int64)
+    # tfds lists the files and reads them in its order; the decoding is ours (`_decode_files`).
+    ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    files, encoded, labels = [], [], []
+    for example in tfds.as_numpy(ds):
+        files.append(example["image/filename"].decode())
+        encoded.append(example["image"])
+        labels.append(example["label"])
+    images, labels = _decode_files(root, files, encoded), np.asarray(labels, np.int64)
     if cache is not None:
         _save_npz(cache, images=images, labels=labels, classes=np.asarray(classes))
     return images, labels, classes
+
+
+def _decode_files(root, files, encoded):
+    """The images uint8 [N, H, W, C] of the encoded `files` of folder `root`, decoded by TF's
+    decoders as stored; C is 1 if every file is grayscale (with or without alpha), else 3. Files
+    of another channel count are decoded again by TF's own conversion, so an RGB JPEG comes out
+    byte-identical to what tfds.ImageFolder (3 channels always) decodes."""
+    images, corrupt = [], []
+    for file, blob in zip(files, encoded):
+        try:
+            images.append(tf.io.decode_image(blob, channels=0, expand_animations=False).numpy())
+        except tf.errors.OpError as e:
+            corrupt.append((file, _op_error_reason(e)))
+    corrupt.sort()
+    if len(corrupt) == 1:
+        file, reason = corrupt[0]
+        raise DataError(f"cannot decode image file {file} of {str(root)!r} ({reason}); repair or "
+                        f"remove it")
+    if corrupt:
+        listed = ", ".join(file for file, _ in corrupt[:5])
+        more = f" and {len(corrupt) - 5} more" if len(corrupt) > 5 else ""
+        raise DataError(f"cannot decode {len(corrupt)} image files of {str(root)!r}: {listed}"
+                        f"{more} (the first: {corrupt[0][1]}); repair or remove them")
+    first = images[0]
+    for file, image in zip(files, images):
+        if image.shape[:2] != first.shape[:2]:
+            raise DataError(f"images of {str(root)!r} differ in size ({files[0]} is "
+                            f"{first.shape[0]}x{first.shape[1]}, {file} is {image.shape[0]}x"
+                            f"{image.shape[1]}); resize them to one size first")
+    channels = 1 if all(image.shape[-1] <= 2 for image in images) else 3
+    for i, image in enumerate(images):
+        if image.shape[-1] != channels:  # grayscale -> RGB, or an alpha channel dropped
+            images[i] = tf.io.decode_image(encoded[i], channels=channels,
+                                           expand_animations=False).numpy()
+    return np.stack(images)
+
+
+def _op_error_reason(error):
+    """A TF op error's message without the op and function names around it."""
+    message = re.sub(r"\{\{[^}]*\}\}|\[Op:\w+\]", "", error.message)
+    return " ".join(message.split())
 
 
 def dataset_label(dataset):
@@ -285,6 +338,11 @@ def load_dataset(dataset, data_dir=None):
     if dataset.startswith(FOLDER_PREFIX):
         path = dataset[len(FOLDER_PREFIX):]
         train_x, train_y, classes = load_folder(path, "train")
+        if len(classes) < 2:
+            raise DataError(
+                f"image folder {str(resolve_folder(path))!r} has 1 class ({classes[0]!r}): a "
+                f"classification task needs PATH/<split>/<class>/<image> with at least two class "
+                f"sub-folders")
         test_x, test_y, _ = load_folder(path, "test")
         return (train_x, train_y), (test_x, test_y), len(classes)
     if dataset not in TFDS_DATASETS:
