@@ -15,6 +15,7 @@ import inspect
 import os
 import pathlib
 import re
+import sys
 import tempfile
 
 import numpy as np
@@ -104,6 +105,14 @@ def _prepared_builder(name, data_dir):
     if builder.is_prepared():
         return builder
     root = builder.data_dir_root
+    if data_dir and not os.path.isdir(data_dir):  # a mistyped path, rather than a place to fill
+        raise DataError(f"tfds data directory {data_dir} does not exist (dataset {name!r} is "
+                        f"prepared nowhere there); point --data_dir or TFDS_DATA_DIR at a "
+                        f"prepared tfds directory, or create it to download {name!r} into it")
+    # tfds retries each file with exponential backoff: offline, it gives up after minutes.
+    print(f"tfds dataset {name!r} is not prepared in {root}: downloading and preparing it "
+          f"there (offline this fails after a few minutes of retries; Ctrl-C stops it)",
+          file=sys.stderr, flush=True)
     try:
         builder.download_and_prepare()
     except ImportError as e:  # a broken install, not a missing dataset

@@ -37,7 +37,7 @@ def cli(*args, **kwargs):
     (["--nval=6000"], "--nval=6000 must be smaller than --ntrain=5000"),
     (["--nval=100"], "minority training images"),  # more 4s asked for than the budget has
     (["--num_steps=abc"], "num_steps"),
-    (["--data_dir=/nonexistent/tfds"], "cannot load tfds dataset 'mnist'"),
+    (["--data_dir=/nonexistent/tfds"], "tfds data directory /nonexistent/tfds does not exist"),
     (["--meta_grad=layerwise", "--model=resnet", "--units=1"],
      "--meta_grad=layerwise does not apply to --model=resnet: it has non-trainable state"),
 ])
@@ -51,7 +51,7 @@ def test_bad_input_is_a_one_line_error(tmp_path, args, message):
 @pytest.mark.parametrize("args,message", [
     (["--pos_ratio=1.5"], "--pos_ratio=1.5 must be strictly between 0 and 1"),
     (["--num_steps=abc"], "num_steps"),
-    (["--data_dir=/nonexistent/tfds"], "cannot load tfds dataset 'mnist'"),
+    (["--data_dir=/nonexistent/tfds"], "tfds data directory /nonexistent/tfds does not exist"),
 ])
 def test_bad_input_exits_2_with_one_line(tmp_path, args, message):
     result = cli(*args, f"--logdir={tmp_path / 'run'}")
