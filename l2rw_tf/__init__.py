@@ -21,7 +21,8 @@ def runtime():
 # The public API, imported on first use so that `import l2rw_tf` (and the command line's flag
 # checks) stay free of TensorFlow until it is needed.
 _API = {"L2RWModel": "l2rw_tf.fit", "example_weights": "l2rw_tf.reweight",
-        "per_example_loss": "l2rw_tf.reweight"}
+        "per_example_loss": "l2rw_tf.reweight", "label_issues": "l2rw_tf.ranking",
+        "contact_sheet": "l2rw_tf.ranking"}
 __all__ = ["runtime", *_API]
 
 

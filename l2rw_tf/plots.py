@@ -50,6 +50,11 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+# The tie-honest ranking (numpy only), shared with l2rw_tf.label_issues.
+from l2rw_tf.ranking import (  # noqa: E402,F401
+    SECONDARY_SCORE, expected_hits, has_secondary_score, precision_at, rank_by_weight,
+    ranking_key, tie_across, tie_groups)
+
 # The experiments of run_experiments.sh: RUNS/<experiment>/<run>/.
 IMBALANCE_EXPERIMENT = "mnist_imbalance"
 CURVE_EXPERIMENTS = ("mnist_background", "cifar10_background", "cifar10_uniform")
@@ -358,7 +363,6 @@ def curves_figure(groups, out_path, title=None):
 # The columns of example_weights.csv read here (train.py writes them) and the optional one:
 # the final model's probability of each example's given label, absent from older runs.
 WEIGHT_COLUMNS = ("index", "label", "is_noisy", "times_seen", "mean_weight", "zero_fraction")
-SECONDARY_SCORE = "label_probability"
 
 
 def read_example_weights(run_dir):
@@ -410,82 +414,6 @@ def weight_histogram(run_dir, out_path, bins=40):
         ax.set_title(f"L2RW weights: {setting_title(json.load(f))}")
     save_figure(fig, out_path)
     return rows
-
-
-def has_secondary_score(columns):
-    """Whether the run recorded the final model's probability of the given labels (a column
-    with at least one value)."""
-    return SECONDARY_SCORE in columns and bool(np.isfinite(columns[SECONDARY_SCORE]).any())
-
-
-def ranking_key(columns):
-    """The scores the mislabelled ranking sorts by, ascending, most important first, as
-    [(name, column)]: the mean weight (L2RW's verdict), then the final model's probability of
-    the given label when the run recorded it (the model doubts the label), then how often the
-    example was at weight zero (negated: most often first). Only scores of the example itself:
-    its index is never one, since the index says nothing about an example's label but the noise
-    corrupts a contiguous block of indices (noise.corrupt_labels), so an index tie-break turns a
-    tie into a fake precision of 1 or 0. Examples equal in every score are one tie group."""
-    key = [("mean_weight", columns["mean_weight"])]
-    if has_secondary_score(columns):
-        key.append((SECONDARY_SCORE, columns[SECONDARY_SCORE]))
-    key.append(("-zero_fraction", -columns["zero_fraction"]))
-    return key
-
-
-def rank_by_weight(columns, seed=0):
-    """Order of the examples, likeliest mislabelled first: ascending `ranking_key` (lowest mean
-    weight, then lowest probability of the given label, then most often at zero). Examples
-    tied in the whole key are put in a random order (fixed `seed`, so the files are
-    reproducible), never by index; the reported precision does not depend on that order
-    (`expected_hits`). Missing (nan) scores sort last within their key."""
-    key = [column for _, column in ranking_key(columns)]
-    shuffle = np.random.default_rng(seed).permutation(len(key[0]))
-    return np.lexsort([shuffle] + key[::-1])
-
-
-def tie_groups(key_ranked):
-    """Tie group of each position of a ranking, 0, 1, ... in rank order, from the key columns
-    (already in rank order): a new group starts wherever any score differs from the one
-    before (two missing scores are equal)."""
-    n = len(key_ranked[0]) if key_ranked else 0
-    new = np.zeros(n, dtype=bool)
-    if n:
-        new[0] = True
-    for column in key_ranked:
-        a, b = column[1:], column[:-1]
-        new[1:] |= ~((a == b) | (np.isnan(a) & np.isnan(b)))
-    return np.cumsum(new) - 1
-
-
-def expected_hits(is_noisy_ranked, k, groups=None):
-    """Expected number of corrupted examples among the first k of a ranking if every tie group
-    were ordered at random: the examples ranked strictly before the tie group at rank k count
-    fully, and that group gives its corrupted fraction times its slots up to k. Without
-    `groups`, no ties: the plain count."""
-    noisy = np.asarray(is_noisy_ranked, dtype=np.float64)
-    if groups is None:
-        return float(noisy[:k].sum())
-    groups = np.asarray(groups)
-    g = groups[k - 1]
-    start = int(np.searchsorted(groups, g, side="left"))
-    end = int(np.searchsorted(groups, g, side="right"))
-    return float(noisy[:start].sum() + (k - start) * noisy[start:end].mean())
-
-
-def precision_at(is_noisy_ranked, k, groups=None):
-    """Fraction of corrupted examples among the first k of a ranking, ties (`groups`, see
-    `tie_groups`) in a random order: `expected_hits` / k."""
-    return expected_hits(is_noisy_ranked, k, groups) / k
-
-
-def tie_across(groups, k):
-    """(first rank, last rank), 1-based, of the tie group holding both rank k and rank k + 1,
-    or None when rank k ends a group (then the order within ties does not matter at k)."""
-    if k >= len(groups) or groups[k] != groups[k - 1]:
-        return None
-    return (int(np.searchsorted(groups, groups[k], side="left")) + 1,
-            int(np.searchsorted(groups, groups[k], side="right")))
 
 
 def export_mislabelled(run_dir, out_dir, top_k=None):
