@@ -7,7 +7,8 @@ pipeline, which only shuffles indices).
 
 Two experiment families: `mnist_imbalance` (paper Fig. 2) and `noisy_experiment` (CIFAR noisy
 labels, paper Tables 1-2, and the report's MNIST BackgroundFlip), over any dataset `load_dataset`
-knows: tfds `mnist`, `cifar10`, `cifar100`, or a local image folder `folder:PATH`.
+knows: any tfds image-classification dataset by name (the paper's `mnist`, `cifar10`, `cifar100`,
+or e.g. `fashion_mnist`), or a local image folder `folder:PATH`.
 """
 import dataclasses
 import hashlib
@@ -22,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from l2rw_tf import noise
+from l2rw_tf import choices, noise
 
 
 class DataError(ValueError):
@@ -50,9 +51,13 @@ class ExperimentData:
         return self.train_images.shape[1:]
 
 
-def load_tfds(name, split, data_dir=None):
-    """(images uint8 [N, H, W, C], labels int64 [N]) of a tfds dataset, with a clear error offline."""
-    images, labels, _ = _load_tfds(name, split, data_dir)
+def load_tfds(name, split, data_dir=None, source_order=True):
+    """(images uint8 [N, H, W, C], labels int64 [N]) of one split of a tfds image-classification
+    dataset, with a clear error offline. `source_order`: put the split back in the order of the
+    dataset's source files (`_in_source_order`), which is right only for builders that key their
+    examples by source index, as tfds' mnist, cifar10 and cifar100 do (`load_dataset` asks for it
+    for those alone); else the split comes in tfds' stored order."""
+    images, labels, _ = _load_tfds(name, split, data_dir, source_order)
     return images, labels
 
 
@@ -68,18 +73,27 @@ def _as_arrays(ds, chunk=10000):
     return np.concatenate(images), np.concatenate(labels).astype(np.int64)
 
 
-def _load_tfds(name, split, data_dir=None):
-    builder = _prepared_builder(name, data_dir or os.environ.get("TFDS_DATA_DIR"))
+def _load_tfds(name, split, data_dir=None, source_order=True):
+    builder = _prepared_builder(name, data_dir)
+    _check_splits(builder, name, (split,))
+    return _read_tfds(builder, name, split, source_order)
+
+
+def _read_tfds(builder, name, split, source_order):
+    """(images, labels, num_classes) of `split` of the prepared image-classification `builder`,
+    from the decode cache if it holds them."""
     num_classes = builder.info.features["label"].num_classes
-    cache = _tfds_cache_path(builder, split)
+    cache = _tfds_cache_path(builder, split, source_order)
     if cache is not None and cache.exists():
         with np.load(cache, allow_pickle=False) as z:
             return z["images"], z["labels"], num_classes
     try:
         # One file at a time: a split of several files is then read in tfds's sorted order.
         in_order = tfds.ReadConfig(interleave_cycle_length=1)
-        images, labels = _as_arrays(
-            builder.as_dataset(split=split, as_supervised=True, read_config=in_order))
+        # The features themselves, not as_supervised: a dataset need not declare image and
+        # label its supervised keys.
+        ds = builder.as_dataset(split=split, read_config=in_order)
+        images, labels = _as_arrays(ds.map(lambda example: (example["image"], example["label"])))
     except ImportError as e:
         raise _missing_module(e, name) from None
     except DataError:
@@ -87,21 +101,69 @@ def _load_tfds(name, split, data_dir=None):
     except Exception as e:  # noqa: BLE001 -- a damaged or unknown split; name it and the cause.
         raise DataError(f"cannot read split {split!r} of tfds dataset {name!r} prepared in "
                         f"{builder.data_dir_root} ({_brief(e)})") from None
-    images, labels = _in_source_order(split, images, labels)
+    if source_order:
+        images, labels = _in_source_order(split, images, labels)
     if cache is not None:
         _save_npz(cache, images=images, labels=labels)
     return images, labels, num_classes
 
 
+def _check_classification(builder, name):
+    """Refuses, from the builder's description alone (before anything is downloaded), a tfds
+    dataset that is not image classification: it needs an `image` Image feature of one size and
+    dtype uint8 and a `label` ClassLabel feature of at least two classes."""
+    features = builder.info.features
+    keys = sorted(features.keys()) if hasattr(features, "keys") else []
+    image = features["image"] if "image" in keys else None
+    label = features["label"] if "label" in keys else None
+    wrong = [f"{key} is a {type(feature).__name__}, not a {kind.__name__}"
+             for key, feature, kind in (("image", image, tfds.features.Image),
+                                        ("label", label, tfds.features.ClassLabel))
+             if feature is not None and not isinstance(feature, kind)]
+    if wrong or image is None or label is None:
+        detail = "".join(f"; {w}" for w in wrong)
+        raise DataError(f"tfds dataset {name!r} is not an image-classification dataset "
+                        f"(features {', '.join(keys) or 'none'}{detail}); --dataset needs "
+                        f"features image and label (an Image and a ClassLabel)")
+    shape = tuple(image.shape)
+    if len(shape) != 3 or any(d is None for d in shape):
+        raise DataError(f"tfds dataset {name!r} has images of no fixed size (image shape "
+                        f"{shape}); --dataset needs images of one size (a config of one size, "
+                        f"or the images resized into an image folder, folder:PATH)")
+    dtype = np.dtype(getattr(image, "np_dtype", np.uint8))
+    if dtype != np.uint8:
+        raise DataError(f"tfds dataset {name!r} has {dtype.name} images; --dataset needs uint8 "
+                        f"images (0-255)")
+    if label.num_classes < 2:
+        raise DataError(f"tfds dataset {name!r} has {label.num_classes} class; a "
+                        f"classification task needs at least two")
+
+
+def _check_splits(builder, name, needed):
+    """Refuses a prepared dataset without the splits `needed`, saying which splits it has.
+    (Under tfds.testing.mock_data a builder knows no splits: nothing to check.)"""
+    splits = sorted(builder.info.splits)
+    missing = [split for split in needed if split not in splits]
+    if splits and missing:
+        raise DataError(f"tfds dataset {name!r} has no {missing[0]!r} split (splits: "
+                        f"{', '.join(splits)}); --dataset needs splits train and test")
+
+
 def _prepared_builder(name, data_dir):
-    """The tfds builder of `name` in `data_dir` (None: tfds' default directory), downloaded and
-    prepared there first if it is not yet."""
+    """The tfds builder of image-classification dataset `name` in `data_dir` (None:
+    $TFDS_DATA_DIR, else tfds' default directory), downloaded and prepared there first if it is
+    not yet. An unknown name, or a dataset that is not image classification, is refused before
+    anything is downloaded."""
+    data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except ImportError as e:
         raise _missing_module(e, name) from None
-    except Exception as e:  # noqa: BLE001 -- e.g. an unknown name; tfds' message says which.
+    except tfds.core.registered.DatasetNotFoundError as e:
+        raise _unknown_dataset(e, name, data_dir) from None
+    except Exception as e:  # noqa: BLE001 -- e.g. an unknown config; tfds' message says which.
         raise DataError(f"cannot open tfds dataset {name!r} ({_brief(e)})") from None
+    _check_classification(builder, name)
     if builder.is_prepared():
         return builder
     root = builder.data_dir_root
@@ -125,6 +187,16 @@ def _prepared_builder(name, data_dir):
             f".download_and_prepare()\", or point --data_dir or TFDS_DATA_DIR at a directory "
             f"that holds it") from None
     return builder
+
+
+def _unknown_dataset(error, name, data_dir):
+    """The DataError of a name tfds knows no dataset of, with tfds' suggestion if it has one."""
+    suggestion = re.search(r"Did you mean: \S+ -> (\S+) \?", str(error))
+    hint = f"; did you mean {suggestion.group(1)}?" if suggestion else ""
+    where = data_dir or tfds.core.constants.DATA_DIR
+    return DataError(f"--dataset={name} is unknown: tfds registers no dataset of that name and "
+                     f"none is prepared in {where}{hint} (--dataset takes a tfds "
+                     f"image-classification dataset by name, or folder:PATH)")
 
 
 def _missing_module(error, name):
@@ -167,18 +239,21 @@ def _in_source_order(split, images, labels):
 _REAL_AS_DATASET = inspect.getattr_static(tfds.core.DatasetBuilder, "as_dataset")
 
 
-def _tfds_cache_path(builder, split):
+def _tfds_cache_path(builder, split, source_order):
     """Where the decoded arrays of a prepared tfds split are cached (decoding MNIST's 70,000 PNGs
-    costs more than a short run's training): keyed by dataset, version, split and the prepared
-    files' names, sizes and mtimes. None when the data is not plain local record files."""
+    costs more than a short run's training): keyed by dataset, config, version, split, example
+    order and the prepared files' names, sizes and mtimes. None when the data is not plain local
+    record files."""
     if inspect.getattr_static(type(builder), "as_dataset") is not _REAL_AS_DATASET:
         return None
     root = pathlib.Path(str(builder.data_dir)).resolve()
     records = sorted(p for p in root.glob("*") if "record" in p.name) if root.is_dir() else []
     if not records:
         return None
-    # "source": arrays in the source files' order (`_in_source_order`).
-    key = f"{builder.name}_{builder.version}_{split}_source_{_files_fingerprint(root, records)}"
+    # "source": arrays in the source files' order (`_in_source_order`); "stored": tfds' order.
+    # (The fingerprint covers the config: its files lie in a directory of their own.)
+    order = "source" if source_order else "stored"
+    key = f"{builder.name}_{builder.version}_{split}_{order}_{_files_fingerprint(root, records)}"
     return cache_dir() / f"tfds_{key}.npz"
 
 
@@ -193,8 +268,9 @@ def _save_npz(path, **arrays):
     os.replace(tmp.name, path)
 
 
-TFDS_DATASETS = ("mnist", "cifar10", "cifar100")
-FOLDER_PREFIX = "folder:"
+# The paper's datasets, read in their source files' order; any other tfds dataset in tfds' own.
+TFDS_DATASETS = choices.TFDS_DATASETS
+FOLDER_PREFIX = choices.FOLDER_PREFIX
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 JPEG_COPY_NAME = "cifar10_jpeg"  # ../shared/datasets/cifar10_jpeg, the CIFAR-10 JPEG copy
@@ -332,7 +408,8 @@ def _op_error_reason(error):
 
 
 def dataset_label(dataset):
-    """How results on `dataset` must be named (the JPEG copy is never "CIFAR-10")."""
+    """How results on `dataset` must be named (the JPEG copy is never "CIFAR-10"): the paper's
+    datasets by their names in the paper, any other tfds dataset by its tfds name as given."""
     if dataset.startswith(FOLDER_PREFIX):
         path = dataset[len(FOLDER_PREFIX):]
         if pathlib.Path(path.rstrip("/")).name == JPEG_COPY_NAME:
@@ -342,8 +419,20 @@ def dataset_label(dataset):
 
 
 def load_dataset(dataset, data_dir=None):
-    """((train images, labels), (test images, labels), num_classes) of `dataset`: a tfds name of
-    TFDS_DATASETS or `folder:PATH` (splits train and test)."""
+    """((train images, labels), (test images, labels), num_classes) of `dataset`, images uint8
+    [N, H, W, C] with the channel count of the data (1 grayscale, 3 RGB), labels int64 [N]:
+
+    * a tfds image-classification dataset by name (name[/config][:version]): features `image`
+      (an Image of one size) and `label` (a ClassLabel), splits train and test; from `data_dir`
+      (None: $TFDS_DATA_DIR, else tfds' default), downloaded and prepared there if it is not yet.
+      The paper's mnist, cifar10 and cifar100 come in the order of their source files (tfds keys
+      their examples by source index, `_in_source_order`), so a seed draws the original code's
+      images; any other dataset comes in tfds' stored order (its keys are unknown to us), which
+      is deterministic for the prepared files. A name tfds does not know, a dataset of other
+      features or without these splits is a one-line DataError, before any download when it can
+      be told from the name.
+    * `folder:PATH`, an image folder PATH/{train,test}/<class>/<image> (`load_folder`).
+    """
     if dataset.startswith(FOLDER_PREFIX):
         path = dataset[len(FOLDER_PREFIX):]
         train_x, train_y, classes = load_folder(path, "train")
@@ -354,11 +443,11 @@ def load_dataset(dataset, data_dir=None):
                 f"sub-folders")
         test_x, test_y, _ = load_folder(path, "test")
         return (train_x, train_y), (test_x, test_y), len(classes)
-    if dataset not in TFDS_DATASETS:
-        raise DataError(f"unknown dataset {dataset!r}: choose one of "
-                        f"{', '.join(TFDS_DATASETS)} or folder:PATH")
-    train_x, train_y, num_classes = _load_tfds(dataset, "train", data_dir)
-    test_x, test_y, _ = _load_tfds(dataset, "test", data_dir)
+    builder = _prepared_builder(dataset, data_dir)
+    _check_splits(builder, dataset, ("train", "test"))
+    source_order = builder.name in TFDS_DATASETS
+    train_x, train_y, num_classes = _read_tfds(builder, dataset, "train", source_order)
+    test_x, test_y, _ = _read_tfds(builder, dataset, "test", source_order)
     return (train_x, train_y), (test_x, test_y), num_classes
 
 

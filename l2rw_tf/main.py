@@ -29,9 +29,17 @@ FLAGS = flags.FLAGS
 
 flags.DEFINE_enum("task", "noisy", list(choices.TASKS), "Experiment family: noisy (noisy labels) or "
                   "imbalance (MNIST 4 vs 9).")
-flags.DEFINE_string("dataset", "mnist", "mnist, cifar10, cifar100 (tfds) or folder:PATH, an "
-                    "image folder PATH/{train,test}/<class>/<image> read by tfds.ImageFolder "
-                    "(e.g. folder:../shared/datasets/cifar10_jpeg, the CIFAR-10 JPEG copy).")
+flags.DEFINE_string("dataset", "mnist", "Any tfds image-classification dataset by name "
+                    "(name[/config][:version]: features image, of one size, and label, a "
+                    "ClassLabel; splits train and test), e.g. mnist, cifar10, cifar100 (the "
+                    "paper's, read in their source files' order), fashion_mnist, svhn_cropped "
+                    "(read in tfds' stored order), prepared in --data_dir or downloaded there on "
+                    "first use; or folder:PATH, an image folder PATH/{train,test}/<class>/<image> "
+                    "(e.g. folder:../shared/datasets/cifar10_jpeg, the CIFAR-10 JPEG copy). "
+                    "Images keep their channel count (1 grayscale, 3 RGB); pixels are scaled to "
+                    "[0, 1] for --dataset=mnist (the original MNIST code's) and to [-1, 1] for "
+                    "every other dataset (its CIFAR code's), fashion_mnist included. Defaults "
+                    "that depend on the dataset (--model, --augment) treat all but mnist as CIFAR.")
 flags.DEFINE_string("data_dir", None, "tfds data directory (default: $TFDS_DATA_DIR, then "
                     "~/tensorflow_datasets). Offline, point it at a prepared copy.")
 flags.DEFINE_string("model", None, "lenet, resnet32, wrn28_10 or resnet (reduced ResNet, see "
@@ -216,10 +224,12 @@ def validate_flags():
             raise UsageError(f"--clean_batch_size={f.clean_batch_size} must be in "
                              f"[1, nval={f.nval}]")
     else:
-        if (f.dataset not in choices.TFDS_DATASETS
+        # Only the name's form here: whether tfds has such an image-classification dataset is
+        # found when the data is loaded (data.load_dataset; a one-line error too).
+        if (not choices.is_tfds_name(f.dataset)
                 and not f.dataset.startswith(choices.FOLDER_PREFIX)):
-            raise UsageError(f"--dataset={f.dataset} is unknown; choose one of "
-                             f"{', '.join(choices.TFDS_DATASETS)} or folder:PATH")
+            raise UsageError(f"--dataset={f.dataset} is not a tfds dataset name (name[/config]"
+                             f"[:version], e.g. fashion_mnist or cifar10:3.0.2) nor folder:PATH")
         if not 0.0 <= f.ratio < 1.0:
             raise UsageError(f"--ratio={f.ratio} must be in [0, 1)")
         if f.num_clean is not None and f.clean_per_class is not None:
