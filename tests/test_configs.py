@@ -31,11 +31,18 @@ def fake_splits(train_size, test_size):
     return as_dataset
 
 
+def data_dir(tmp_path):
+    """An (empty) tfds data directory: one that does not exist is refused as a mistyped path."""
+    path = tmp_path / "tfds"
+    path.mkdir(exist_ok=True)
+    return str(path)
+
+
 def run_on_mock_data(tmp_path, flagfile, train_size, test_size, *overrides):
     with tfds.testing.mock_data(as_dataset_fn=fake_splits(train_size, test_size)):
         final = main.run(["l2rw", f"--flagfile={flagfile}", "--num_steps=20",
                           "--eval_interval=20", "--checkpoint_interval=20", *overrides,
-                          "--data_dir=" + str(tmp_path / "tfds"), f"--logdir={tmp_path / 'run'}"])
+                          "--data_dir=" + data_dir(tmp_path), f"--logdir={tmp_path / 'run'}"])
     assert final["step"] == 20 and final["traces"] == 1
     assert np.isfinite(final["loss"]) and 0.0 <= final["test_accuracy"] <= 1.0
     assert (tmp_path / "run" / "example_weights.csv").exists()
@@ -80,7 +87,7 @@ def test_finetune_starts_from_its_baseline_and_other_methods_run(tmp_path, capsy
         with tfds.testing.mock_data(as_dataset_fn=fake_splits(1300, 200)):
             return main.run(["l2rw", f"--flagfile={flagfile}", "--num_hyper_val=10",
                              "--eval_interval=5", "--checkpoint_interval=5", *args,
-                             "--data_dir=" + str(tmp_path / "tfds"), f"--logdir={logdir}"])
+                             "--data_dir=" + data_dir(tmp_path), f"--logdir={logdir}"])
 
     base = run(tmp_path / "base", "--method=baseline", "--num_steps=10")
     tuned = run(tmp_path / "ft", "--method=finetune", f"--finetune_from={tmp_path / 'base'}",

@@ -90,6 +90,7 @@ def served_archives(tmp_path, monkeypatch):
     tfds extracts the archive and runs its own split generators, writer and reader."""
     rng = np.random.default_rng(0)
     (tmp_path / "archives").mkdir()
+    (tmp_path / "tfds").mkdir()
     fakes = {CIFAR10_URL: fake_cifar10(tmp_path / "archives", rng),
              CIFAR100_URL: fake_cifar100(tmp_path / "archives", rng)}
     fetched = []
@@ -111,6 +112,7 @@ def test_cifar_is_downloaded_prepared_and_read_in_source_order(tmp_path, served_
     fakes, fetched = served_archives
     _, train_x, train_y, test_x, test_y = fakes[url]
     data_dir = str(tmp_path / "tfds")
+    os.makedirs(data_dir, exist_ok=True)  # tfds fills an existing directory; a missing one is refused
     (got_train_x, got_train_y), (got_test_x, got_test_y), got_classes = data.load_dataset(
         name, data_dir=data_dir)
     assert fetched == [url]  # prepared once, for both splits
@@ -146,6 +148,7 @@ def test_offline_error_names_the_dataset_the_directory_and_how_to_prepare_it(tmp
     monkeypatch.setattr(requests.Session, "get", offline_get)
     monkeypatch.setenv("L2RW_CACHE_DIR", str(tmp_path / "cache"))
     data_dir = str(tmp_path / "empty")
+    os.makedirs(data_dir)
     with pytest.raises(data.DataError) as error:
         data.load_dataset("cifar10", data_dir=data_dir)
     message = str(error.value)
@@ -172,6 +175,7 @@ def test_a_missing_module_is_not_reported_as_a_missing_dataset(tmp_path, monkeyp
                                   name="importlib_resources")
 
     monkeypatch.setattr(tfds.core.DatasetBuilder, "download_and_prepare", download_and_prepare)
+    os.makedirs(tmp_path / "empty")
     with pytest.raises(data.DataError) as error:
         data.load_dataset("cifar10", data_dir=str(tmp_path / "empty"))
     message = str(error.value)
@@ -247,6 +251,7 @@ def test_a_machine_with_only_the_declared_requirements_can_download(tmp_path):
     tfds imports some of its dependencies only there (importlib_resources, issue 15)."""
     rng = np.random.default_rng(0)
     (tmp_path / "archives").mkdir()
+    (tmp_path / "tfds").mkdir()
     fakes = {CIFAR10_URL: str(fake_cifar10(tmp_path / "archives", rng)[0]),
              CIFAR100_URL: str(fake_cifar100(tmp_path / "archives", rng)[0])}
     declared = installed_by(declared_requirements()) | {"l2rw-tf"}
