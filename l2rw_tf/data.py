@@ -636,16 +636,31 @@ def _batches(index_ds, images, labels, is_noisy, preprocess, augment_seed):
     return index_ds.enumerate().map(gather).prefetch(tf.data.AUTOTUNE)
 
 
+# The original MNIST script evaluates after every 100th step, and its evaluation reads 5,000
+# examples (50 batches of 100) from the same DataSet object the training batches come from: those
+# examples never reach a training batch. (steps, examples) for `example_dataset(skip=...)`.
+ORIGINAL_EVAL_DRAWS = (100, 5000)
+
+
 def example_dataset(images, labels, is_noisy=None, batch_size=100, seed=0, preprocess=to_float,
-                    augment_seed=None):
+                    augment_seed=None, skip=None):
     """Endless shuffled batches (epoch by epoch, like the original's `next_batch`) of dicts
     {"image", "label", "index", "is_noisy"}. Only indices pass through the shuffle, so the
     iterator's checkpoint is small; the images are gathered per batch. With `augment_seed`
-    (an int), every batch is distorted by `augment_batch` before `preprocess`."""
+    (an int), every batch is distorted by `augment_batch` before `preprocess`.
+
+    `skip` = (steps, examples): after every `steps` batches, the next `examples` examples of the
+    shuffled stream are passed over, as the original MNIST script's evaluation consumes them
+    (`ORIGINAL_EVAL_DRAWS`); the epochs' permutations are the same as without `skip`."""
     if is_noisy is None:
         is_noisy = np.zeros(len(labels), bool)
     ds = tf.data.Dataset.range(len(labels))
     ds = ds.shuffle(len(labels), seed=seed, reshuffle_each_iteration=True).repeat()
+    if skip is not None:
+        kept = int(skip[0]) * batch_size
+        cycle = kept + int(skip[1])
+        ds = ds.enumerate().filter(lambda position, _: position % cycle < kept).map(
+            lambda _, index: index)
     return _batches(ds.batch(batch_size, drop_remainder=True), images, labels, is_noisy,
                     preprocess, augment_seed)
 

@@ -89,6 +89,13 @@ flags.DEFINE_float("pos_ratio", 0.995, "Imbalance: proportion of the majority cl
 flags.DEFINE_integer("ntrain", 5000, "Imbalance: total budget of training + clean images.")
 flags.DEFINE_integer("nval", 10, "Imbalance: clean images (half per class), from the budget.")
 flags.DEFINE_integer("ntest", 500, "Imbalance: test images (half per class).")
+flags.DEFINE_bool("original_eval_draws", None, "Imbalance: reproduce a side effect of the "
+                  "original MNIST script's evaluation, which after every 100th step reads 5,000 "
+                  "examples from the DataSet its training batches come from: after every 100th "
+                  "step the next 5,000 examples of the shuffled training stream are passed over. "
+                  "Off by default (this package's evaluation reads nothing from the training "
+                  "stream); on in configs/mnist_imbalance_original.flags. Not with "
+                  "--method=resample.")
 # Noisy task.
 flags.DEFINE_enum("noise", "uniform", ["uniform", "background", "none"], "Noisy: label noise, "
                   "UniformFlip, BackgroundFlip or none.")
@@ -121,12 +128,14 @@ COMMON_RUN_FLAGS = ("task", "dataset", "model", "method", "meta_grad", "seed", "
                     "batch_size", "clean_batch_size", "lr", "lr_boundaries", "lr_values",
                     "momentum", "weight_decay", "clean_weight_decay")
 TASK_RUN_FLAGS = {
-    "imbalance": ("hard_mining_pool", "pos_ratio", "ntrain", "nval", "ntest"),
+    "imbalance": ("hard_mining_pool", "pos_ratio", "ntrain", "nval", "ntest",
+                  "original_eval_draws"),
     "noisy": ("noise", "ratio", "noise_semantics", "num_clean", "clean_per_class",
               "num_hyper_val", "num_train_subset", "augment", "dropout", "bn_momentum", "units",
               "width", "finetune_from", "finetune_lr"),
 }
-IMBALANCE_ONLY = ("pos_ratio", "ntrain", "nval", "ntest", "hard_mining_pool")
+IMBALANCE_ONLY = ("pos_ratio", "ntrain", "nval", "ntest", "hard_mining_pool",
+                  "original_eval_draws")
 NOISY_ONLY = ("noise", "ratio", "noise_semantics", "num_clean", "clean_per_class",
               "num_hyper_val", "num_train_subset", "augment", "finetune_from")
 RESNETS = ("resnet32", "wrn28_10", "resnet")
@@ -170,6 +179,8 @@ def resolve_defaults():
             setattr(f, name, value)
     if f.weight_decay is None:
         f.weight_decay = 1e-4 if f.model in RESNETS else 0.0
+    if not f.original_eval_draws:  # off is recorded as unset: older run directories resume
+        f.original_eval_draws = None
     # Lists as numbers, so flags.json compares them as such.
     try:
         if f.lr_boundaries is not None:
@@ -223,6 +234,9 @@ def validate_flags():
         if f.clean_batch_size is not None and not 0 < f.clean_batch_size <= f.nval:
             raise UsageError(f"--clean_batch_size={f.clean_batch_size} must be in "
                              f"[1, nval={f.nval}]")
+        if f.original_eval_draws and f.method == "resample":
+            raise UsageError("--original_eval_draws reproduces the original's shuffled "
+                             "training stream; --method=resample has class-balanced batches")
     else:
         # Only the name's form here: whether tfds has such an image-classification dataset is
         # found when the data is loaded (data.load_dataset; a one-line error too).
@@ -477,8 +491,10 @@ def build_experiment():
                                                augment_seed=aug_seed(0))
     else:
         batch = f.hard_mining_pool if f.method == "hard_mining" else f.batch_size
+        skip = data.ORIGINAL_EVAL_DRAWS if f.task == "imbalance" and f.original_eval_draws \
+            else None
         train_ds = data.example_dataset(*source, batch, seed=f.seed, preprocess=preprocess,
-                                        augment_seed=aug_seed(0))
+                                        augment_seed=aug_seed(0), skip=skip)
     clean_batch = f.clean_batch_size or min(f.batch_size, len(experiment.clean_labels))
     clean_ds = data.example_dataset(experiment.clean_images, experiment.clean_labels,
                                     batch_size=clean_batch, seed=f.seed + 1,
