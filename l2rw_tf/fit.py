@@ -11,8 +11,12 @@ command line trains with), on the compiled loss taken per example; `evaluate`, `
 every metric are the wrapped model's, and `trainer.model` is the trained model itself, to use and
 save without the wrapper. The clean set is drawn in batches of its own (`clean_batch_size`),
 reshuffled every pass, endlessly, beside the noisy batches that `fit` is given: `fit` zips the two
-datasets, as keras-io's SimCLR example feeds two streams, so a `tf.distribute` strategy splits
-both.
+datasets, as keras-io's SimCLR example feeds two streams. (Under a `tf.distribute` strategy,
+Keras 3.15 builds the compiled loss on a first element before training, takes the zipped element
+for (x, y) and fails: not supported yet.)
+
+Callbacks, saving and resuming (TensorBoard, ModelCheckpoint, EarlyStopping, BackupAndRestore):
+see the `L2RWModel` docstring.
 
 What the progress bar, `History` and the TensorBoard callback show besides the compiled metrics:
 `zero_weight_fraction` (examples L2RW gave weight 0), `effective_sample_size` (1/Σw², the number
@@ -62,63 +66,147 @@ def per_example(loss):
     return per_example_loss
 
 
-def _as_dataset(x, y, sample_weight, batch_size, shuffle, seed):
-    """Arrays (or nests of arrays) as a dataset of batches (x, y, sample_weight, position):
-    `position` keys the per-example weight statistics."""
-    n = len(tf.nest.flatten(x)[0])
-    if sample_weight is None:
-        sample_weight = np.ones(n, np.float32)
-    ds = tf.data.Dataset.from_tensor_slices((x, y, np.asarray(sample_weight, np.float32),
-                                             np.arange(n, dtype=np.int64)))
-    if shuffle:
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size or 32), n
+def _length(nest):
+    """The common first dimension of the arrays in `nest` (refused when they differ)."""
+    lengths = {len(a) for a in tf.nest.flatten(nest)}
+    if len(lengths) != 1:
+        raise ValueError(f"the arrays given to fit have different lengths {sorted(lengths)}")
+    return lengths.pop()
 
 
-def _with_defaults(element):
-    """A noisy element (x, y[, sample_weight]) as (x, y, sample_weight, position = -1)."""
-    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(element)
+def _gather(arrays, index):
+    return tf.nest.map_structure(lambda a: tf.gather(a, index), arrays)
+
+
+def _order_seed(seed, key, salt):
+    """The stateless seed of one order: (seed, key) folded with `salt`."""
+    return tf.random.experimental.stateless_fold_in(
+        tf.stack([tf.constant(seed, tf.int64), tf.cast(key, tf.int64)]), salt)
+
+
+def _permutation(size, seed):
+    return tf.random.experimental.stateless_shuffle(tf.range(size, dtype=tf.int64), seed=seed)
+
+
+def _batches_of(order, arrays, batch, drop_remainder=False):
+    """(index batch, arrays) pairs: the index stream `order` (unbatched int64 indices) in
+    batches, each beside the whole `arrays`, to gather from: the arrays are fed as one element
+    (as Keras' own array adapter does), not captured in the pipeline's graph."""
+    index = order.batch(batch, drop_remainder=drop_remainder)
+    return tf.data.Dataset.zip((index, tf.data.Dataset.from_tensors(arrays).repeat()))
+
+
+# The keys of a noisy dataset element in its dict form.
+ELEMENT_KEYS = ("x", "y", "sample_weight", "example_id")
+
+
+def _noisy_element(element, num_examples):
+    """A noisy dataset element as (x, y, sample_weight, example id), the id -1 where the element
+    carries none. Elements: (x, y), (x, y, sample_weight), (x, y, sample_weight, example_id) or a
+    dict of ELEMENT_KEYS holding at least x and y."""
+    example_id = None
+    if isinstance(element, dict) and {"x", "y"} <= set(element) <= set(ELEMENT_KEYS):
+        x, y = element["x"], element["y"]
+        sample_weight, example_id = element.get("sample_weight"), element.get("example_id")
+    elif isinstance(element, tuple) and len(element) == 4:
+        x, y, sample_weight, example_id = element
+    else:
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(element)
     if y is None:
         raise ValueError("L2RWModel.fit needs labels: give (x, y) pairs")
     n = tf.shape(tf.nest.flatten(y)[0])[0]
     if sample_weight is None:
         sample_weight = tf.ones([n], tf.float32)
-    return x, y, tf.cast(sample_weight, tf.float32), tf.fill([n], tf.constant(-1, tf.int64))
+    if example_id is None:
+        example_id = tf.fill([n], tf.constant(-1, tf.int64))
+    else:
+        if num_examples is None:
+            raise ValueError("the dataset's elements carry example ids: give "
+                             "L2RWModel(num_examples=...), ids are in [0, num_examples)")
+        example_id = tf.reshape(tf.cast(example_id, tf.int64), [-1])
+        checks = [tf.debugging.assert_non_negative(
+                      example_id, message="example_id must be in [0, num_examples)"),
+                  tf.debugging.assert_less(
+                      example_id, tf.constant(num_examples, tf.int64),
+                      message=f"example_id must be in [0, num_examples={num_examples})")]
+        with tf.control_dependencies(checks):
+            example_id = tf.identity(example_id)
+    return x, y, tf.cast(sample_weight, tf.float32), example_id
 
 
+@keras.saving.register_keras_serializable(package="l2rw_tf")
 class L2RWModel(keras.Model):
     """A Keras model that trains `model` by Learning to Reweight Examples (Ren et al. 2018).
 
     model: any built Keras model whose output the compiled loss takes (logits or probabilities,
         as the loss says). clean_data: the small trusted set, a `tf.data.Dataset` of unbatched
-        (x, y) pairs or a tuple of arrays (x, y). clean_batch_size: clean examples per step
-        (default: the noisy batch size, or the whole clean set if smaller, as the original).
+        (x, y) pairs (read into memory once per `fit`) or a tuple of arrays (x, y).
+        clean_batch_size: clean examples per step (default: the noisy batch size, or the whole
+        clean set if smaller, as the original).
     meta_grad: "auto" (the fastest exact method for the model), "layerwise", "jvp" or "lookahead".
     include_regularization: the model's regularisation losses (weight decay) in the clean meta
         loss, as the original CIFAR code.
+    num_examples: the number of training examples, to keep per-example statistics of a fit on a
+        dataset whose elements carry example ids (below); optional for arrays (then it must be
+        their length). Given, the statistics exist from construction on, so that a checkpoint
+        of the wrapper loads into a fresh one.
     weight_on: {name: boolean array over the training examples (by position in the arrays given
-        to `fit`)}: the weight mass on each group becomes a metric `weight_on_<name>`, e.g. the
-        examples known to be noisy, or a minority class.
-    seed: the clean set's shuffling and the noisy arrays' shuffling.
+        to `fit`, or by example id)}: the weight mass on each group becomes a metric
+        `weight_on_<name>`, e.g. the examples known to be noisy, or a minority class.
+    seed: the order of the noisy arrays and of the clean set.
 
     Sample weights (`fit(..., sample_weight=...)`, or the third element of a dataset) multiply
     each noisy example's loss before reweighting: the L2RW weights are those of the losses
     s_i·C_i, so an example of sample weight 0 gets weight 0, and scaling every s_i alike changes
     nothing (the normalisation removes it).
+
+    Datasets: `fit` takes a dataset of batches, each element (x, y), (x, y, sample_weight),
+    (x, y, sample_weight, example_id) or a dict {"x": ..., "y": ...[, "sample_weight": ...]
+    [, "example_id": ...]}. Example ids (int, one per example, in [0, num_examples); give
+    `num_examples`) key the per-example statistics (`example_weights()`, `label_issues`) and the
+    `weight_on` groups, as positions do for arrays; without ids a dataset keeps none.
+
+    Order and resuming: the noisy arrays are shuffled and the clean set drawn in an order that is
+    a function of `seed` and of the optimizer's step count when an epoch's iteration starts, not
+    of how many epochs this process has run. So `keras.callbacks.BackupAndRestore` (which restores
+    the weights, the optimizer with its step count, the epoch and `example_stats`, a weight of
+    the wrapper; the wrapper also saves the model's seed-generator states, which Keras leaves
+    out, so dropout draws the same masks) resumes an interrupted `fit` in the order of an
+    uninterrupted one, and ends with its weights (as far as the kernels are reproducible: two
+    uninterrupted fits of a convolutional model can differ in the last bits on oneDNN, whose
+    multithreaded convolution gradients are not bit-exact, and L2RW's zero weights amplify
+    that); a second `fit` continues with new orders. (A noisy *dataset* keeps its own
+    order: for an exact resume it must not depend on the process' history, e.g. no
+    `reshuffle_each_iteration`; and `steps_per_epoch` carries one iteration over epochs, which a
+    backup does not record.)
+
+    Callbacks (tested: TensorBoard, which logs the weight metrics of the module docstring beside
+    the compiled ones; EarlyStopping; ModelCheckpoint; BackupAndRestore). Saving:
+    `trainer.save("x.keras")` (and `ModelCheckpoint` without `save_weights_only`) saves the
+    wrapped model, the optimizer, the compile arguments, the settings and the statistics, but
+    not the clean set: `keras.models.load_model` (after `import l2rw_tf.fit` or any use of
+    `l2rw_tf.L2RWModel`, which registers the class) gives back an L2RWModel that evaluates,
+    predicts and ranks at once, and trains on once given `trainer.clean_data = (x, y)`. Weights
+    only (`save_weights_only=True`, `*.weights.h5`) load into a wrapper of the same model. To
+    use the trained network without l2rw_tf, save `trainer.model`.
     """
 
     def __init__(self, model, clean_data, clean_batch_size=None, meta_grad="auto",
-                 include_regularization=True, weight_on=None, seed=0, **kwargs):
+                 include_regularization=True, weight_on=None, seed=0, num_examples=None,
+                 **kwargs):
         super().__init__(**kwargs)
         if meta_grad not in ("auto",) + reweight.META_GRADIENTS:
             raise ValueError(f"meta_grad={meta_grad!r}: choose auto or one of "
                              f"{', '.join(reweight.META_GRADIENTS)}")
+        if num_examples is not None and int(num_examples) < 1:
+            raise ValueError(f"num_examples={num_examples} must be at least 1")
         self.model = model
         self.clean_data = clean_data
         self.clean_batch_size = clean_batch_size
         self.requested_meta_grad = meta_grad
         self.include_regularization = include_regularization
         self.seed = seed
+        self.num_examples = None if num_examples is None else int(num_examples)
         self.weight_on = {name: np.asarray(mask, bool) for name, mask in (weight_on or {}).items()}
         self.per_example_loss = None
         self.zero_weight_fraction = keras.metrics.Mean(name="zero_weight_fraction")
@@ -126,6 +214,16 @@ class L2RWModel(keras.Model):
         self.group_weights = {name: keras.metrics.Mean(name=f"weight_on_{name}")
                               for name in self.weight_on}
         self.example_stats = None  # [examples, 3]: times seen, Σ w·n, times at zero
+        if self.num_examples is not None:
+            self._track_examples(self.num_examples)
+        self._mark_built()
+
+    def _mark_built(self):
+        """The wrapper is built when its model is (it has no variables of its own to create but
+        `example_stats`): saving (ModelCheckpoint, BackupAndRestore) refuses unbuilt models, and
+        Keras builds a subclassed model only when it is called (evaluate, predict)."""
+        if getattr(self.model, "built", False):
+            self.built = True
 
     @property
     def meta_grad(self):
@@ -142,30 +240,144 @@ class L2RWModel(keras.Model):
         self.per_example_loss = per_example(loss)
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
 
-    def clean_dataset(self, noisy_batch_size):
-        """The clean set in endless batches of `clean_batch_size`, reshuffled every pass."""
+    # Saving: the settings and the wrapped model; the clean set is not saved (see the docstring).
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            model=keras.saving.serialize_keras_object(self.model),
+            clean_batch_size=self.clean_batch_size, meta_grad=self.requested_meta_grad,
+            include_regularization=self.include_regularization, seed=self.seed,
+            num_examples=self.num_examples,
+            weight_on={name: {"size": len(mask), "true": np.flatnonzero(mask).tolist()}
+                       for name, mask in self.weight_on.items()})
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        model = keras.saving.deserialize_keras_object(config.pop("model"))
+        weight_on = {}
+        for name, group in (config.pop("weight_on", None) or {}).items():
+            weight_on[name] = np.zeros(group["size"], bool)
+            weight_on[name][group["true"]] = True
+        return cls(model, clean_data=None, weight_on=weight_on, **config)
+
+    def compile_from_config(self, config):
+        """Keras' loading compiles only models that do not override `compile`: this one does, so
+        it compiles here, and builds the optimizer so that its saved state loads."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.optimizer is not None and self.model.built:
+            self.optimizer.build(self.trainable_variables)
+
+    def _seed_states(self):
+        """The states of the wrapped model's random seed generators (dropout and the like):
+        variables of the model that Keras does not save with its weights."""
+        layers = self.model._flatten_layers(include_self=True, recursive=True)
+        return [generator.state for layer in layers
+                for generator in getattr(layer, "_seed_generators", [])]
+
+    def save_own_variables(self, store):
+        """`example_stats` (Keras' "0", when there are statistics) and the model's seed states
+        ("seed_state_<i>"), so that a checkpoint or a BackupAndRestore backup resumes the
+        dropout masks of an uninterrupted fit too."""
+        super().save_own_variables(store)
+        for i, state in enumerate(self._seed_states()):
+            store[f"seed_state_{i}"] = state
+
+    def load_own_variables(self, store):
+        """The wrapper's own variable is `example_stats`, created by `fit` (or `num_examples`):
+        loading a checkpoint into a wrapper without it (or of another size) creates it. The
+        model's seed states are restored where the checkpoint holds them."""
+        seeds = {key for key in store.keys() if key.startswith("seed_state_")}
+        own = {key: store[key] for key in store.keys() if key not in seeds}
+        if len(own) == 1:
+            rows = own["0"].shape[0]
+            if self.example_stats is None or self.example_stats.shape[0] != rows:
+                self._track_examples(rows)
+        super().load_own_variables(own)
+        for i, state in enumerate(self._seed_states()):
+            if f"seed_state_{i}" in seeds:
+                state.assign(np.asarray(store[f"seed_state_{i}"]))
+
+    # The data fit iterates: the noisy batches zipped with endless clean batches.
+
+    def _order_key(self):
+        """A one-element dataset: the optimizer's step count when an iteration starts (every
+        epoch, for `fit`), the key of that iteration's orders. BackupAndRestore restores the
+        count, so a resumed epoch gets the key, and the order, of the uninterrupted run's."""
+        if getattr(self, "optimizer", None) is None:
+            return tf.data.Dataset.from_tensors(tf.constant(0, tf.int64))
+        iterations = self.optimizer.iterations
+        return tf.data.Dataset.range(1).map(
+            lambda _: tf.cast(tf.convert_to_tensor(iterations), tf.int64))
+
+    def _clean_arrays(self):
+        """The clean set as tensors (x, y)."""
         data = self.clean_data
+        if data is None:
+            raise ValueError("this L2RWModel has no clean set (a loaded model: the clean set is "
+                             "not saved with it): set trainer.clean_data = (x, y) before fit")
         if isinstance(data, tf.data.Dataset):
             ds = data.map(lambda x, y, *sample_weight: (x, y))  # the clean loss is unweighted
             size = int(ds.cardinality())
-        else:
-            x, y = data
-            size = len(tf.nest.flatten(x)[0])
-            ds = tf.data.Dataset.from_tensor_slices((x, y))
+            if size <= 0:
+                raise ValueError("clean_data is empty or of unknown size; give a finite dataset "
+                                 "of (x, y) pairs or arrays (x, y)")
+            return ds.batch(size).get_single_element(), size
+        x, y = data
+        arrays = tf.nest.map_structure(tf.convert_to_tensor, (x, y))
+        size = _length(arrays)
         if size <= 0:
-            raise ValueError("clean_data is empty or of unknown size; give a finite dataset of "
-                             "(x, y) pairs or arrays (x, y)")
+            raise ValueError("clean_data is empty; give arrays (x, y) of the clean set")
+        return arrays, size
+
+    def clean_dataset(self, noisy_batch_size):
+        """The clean set in endless batches of `clean_batch_size`, in a new order every pass (a
+        function of `seed`, the key of `_order_key` and the pass)."""
+        arrays, size = self._clean_arrays()
         batch = self.clean_batch_size or min(size, noisy_batch_size or 100)
         if not 0 < batch <= size:
             raise ValueError(f"clean_batch_size={batch} must be in [1, {size}] (the clean set)")
-        return ds.shuffle(size, seed=self.seed + 1, reshuffle_each_iteration=True).repeat() \
-            .batch(batch, drop_remainder=True)
+
+        def endless(key):
+            base = _order_seed(self.seed + 1, key, 0)
+            return tf.data.Dataset.counter().flat_map(
+                lambda p: tf.data.Dataset.from_tensor_slices(_permutation(
+                    size, tf.random.experimental.stateless_fold_in(base, p))))
+
+        order = self._order_key().flat_map(endless).apply(
+            tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
+        batches = _batches_of(order, arrays, batch, drop_remainder=True)
+        return batches.map(lambda index, arrays: _gather(arrays, index))
+
+    def _array_dataset(self, x, y, sample_weight, batch_size, shuffle):
+        """Arrays (or nests of arrays) as batches (x, y, sample_weight, position), shuffled in an
+        order of `seed` and `_order_key`; `position` keys the per-example weight statistics."""
+        n = _length((x, y))
+        if sample_weight is None:
+            sample_weight = np.ones(n, np.float32)
+        sample_weight = np.asarray(sample_weight, np.float32)
+        if len(sample_weight) != n:
+            raise ValueError(f"sample_weight has {len(sample_weight)} entries for {n} examples")
+        arrays = tf.nest.map_structure(tf.convert_to_tensor, (x, y, sample_weight))
+
+        def order(key):
+            index = _permutation(n, _order_seed(self.seed, key, 0)) if shuffle else \
+                tf.range(n, dtype=tf.int64)
+            return tf.data.Dataset.from_tensor_slices(index)
+
+        order = self._order_key().flat_map(order).apply(
+            tf.data.experimental.assert_cardinality(n))
+        batches = _batches_of(order, arrays, batch_size)
+        return batches.map(lambda index, arrays: (*_gather(arrays, index), index)), n
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, sample_weight=None,
             shuffle=True, class_weight=None, validation_split=0.0, **kwargs):
-        """As `keras.Model.fit`, on arrays (x, y) or a dataset of batches (x, y[, sample_weight]);
-        the clean batches are zipped in (see the module docstring). Per-example weight
-        statistics are kept for array inputs (`example_weights`)."""
+        """As `keras.Model.fit`, on arrays (x, y) or a dataset of batches (x, y[, sample_weight
+        [, example_id]]) or dicts (see the class docstring); the clean batches are zipped in
+        (see the module docstring). Per-example weight statistics are kept for array inputs and
+        for datasets that carry example ids (`example_weights`)."""
         if self.per_example_loss is None:
             raise ValueError("compile the L2RWModel (with a loss) before fit")
         if class_weight is not None:
@@ -176,22 +388,32 @@ class L2RWModel(keras.Model):
             except ValueError as e:
                 raise ValueError(f"meta_grad='layerwise' does not apply to this model: {e}; use "
                                  f"meta_grad='auto' or 'jvp'") from None
+        self._mark_built()
         if isinstance(x, tf.data.Dataset):
             if y is not None or sample_weight is not None or validation_split:
                 raise ValueError("with a dataset, y, sample_weight and validation_split come "
-                                 "from the dataset (x, y[, sample_weight])")
-            noisy = x.map(lambda *element: _with_defaults(
-                element if len(element) > 1 else element[0]))  # map unpacks tuples
-            num_examples = 0
+                                 "from the dataset (x, y[, sample_weight[, example_id]])")
+            if self.weight_on and self.num_examples is None:
+                raise ValueError("weight_on with a dataset needs example ids in its elements and "
+                                 "L2RWModel(num_examples=...)")
+            if self.num_examples is not None:
+                self._track_examples(self.num_examples)
+            num_examples = self.num_examples
+            noisy = x.map(lambda *element: _noisy_element(
+                element if len(element) > 1 else element[0], num_examples))  # map unpacks tuples
             noisy_batch = batch_size
         else:
             if validation_split:
                 raise ValueError("validation_split is not supported; pass validation_data")
-            noisy, num_examples = _as_dataset(x, y, sample_weight, batch_size, shuffle,
-                                              self.seed)
             noisy_batch = batch_size or 32
-            self._track_examples(num_examples)
+            noisy, n = self._array_dataset(x, y, sample_weight, noisy_batch, shuffle)
+            if self.num_examples is not None and n != self.num_examples:
+                raise ValueError(f"num_examples={self.num_examples}, but the arrays given to fit "
+                                 f"hold {n} examples")
+            self._track_examples(n)
         data = tf.data.Dataset.zip((noisy, self.clean_dataset(noisy_batch)))
+        if int(noisy.cardinality()) >= 0:
+            data = data.apply(tf.data.experimental.assert_cardinality(noisy.cardinality()))
         return super().fit(data.prefetch(tf.data.AUTOTUNE), epochs=epochs, shuffle=False,
                            **kwargs)
 
@@ -201,6 +423,9 @@ class L2RWModel(keras.Model):
                 raise ValueError(f"weight_on[{name!r}] has {len(mask)} entries for "
                                  f"{num_examples} training examples")
         if self.example_stats is None or self.example_stats.shape[0] != num_examples:
+            if self.example_stats is not None:  # a fit on another number of examples
+                self._untrack_variable(self.example_stats)
+                self.train_function = None  # traced on the old variable: trace again
             # A weight of the wrapper: saved with it, so BackupAndRestore resumes the statistics.
             self.example_stats = self.add_weight(shape=(num_examples, 3), initializer="zeros",
                                                  trainable=False, name="example_stats")
@@ -249,10 +474,12 @@ class L2RWModel(keras.Model):
                     tf.reduce_sum(weights * in_group * tf.cast(known, tf.float32)))
 
     def example_weights(self):
-        """Per training example (by position in the arrays given to `fit`): times seen, mean
-        weight relative to uniform (1.0 = 1/n) and the fraction of steps at weight zero."""
+        """Per training example (by position in the arrays given to `fit`, or by example id):
+        times seen, mean weight relative to uniform (1.0 = 1/n) and the fraction of steps at
+        weight zero."""
         if self.example_stats is None:
-            raise ValueError("no per-example statistics: fit on arrays (x, y) keeps them")
+            raise ValueError("no per-example statistics: fit on arrays (x, y), or on a dataset "
+                             "whose elements carry example ids (with num_examples), keeps them")
         seen, weight_sum, zeros = np.asarray(self.example_stats.numpy(), np.float64).T
         with np.errstate(invalid="ignore", divide="ignore"):
             return {"times_seen": seen.astype(np.int64), "mean_weight": weight_sum / seen,

@@ -212,3 +212,284 @@ def test_errors_are_clear():
         bad.compile(optimizer="sgd", loss=SCCE)
         bad.fit(np.zeros((8, 8, 8, 1), np.float32), np.zeros(8, np.int64), batch_size=4,
                 verbose=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Keras callbacks, saving and resuming (issue 16).
+
+def event_tags(logdir):
+    """{subdirectory: the scalar tags of its TensorBoard event files}."""
+    tags = {}
+    for path in sorted(logdir.rglob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            tags.setdefault(path.parent.name, set()).update(v.tag for v in event.summary.value)
+    return tags
+
+
+def test_tensorboard_logs_the_weight_metrics(tmp_path):
+    x, y, cx, cy = tabular()
+    trainer = L2RWModel(mlp(), clean_data=(cx, cy), weight_on={"first": np.arange(200) < 50})
+    trainer.compile(optimizer=keras.optimizers.SGD(0.05), loss=SCCE, metrics=["accuracy"])
+    trainer.fit(x, y, batch_size=50, epochs=2, verbose=0, validation_data=(cx, cy),
+                callbacks=[keras.callbacks.TensorBoard(str(tmp_path / "logs"), histogram_freq=1)])
+    tags = event_tags(tmp_path / "logs")
+    assert tags["train"] >= {"epoch_loss", "epoch_accuracy", "epoch_zero_weight_fraction",
+                             "epoch_effective_sample_size", "epoch_weight_on_first"}
+    assert "epoch_loss" in tags["validation"]
+    assert "epoch_zero_weight_fraction" not in tags["validation"]  # evaluation is the model's
+
+
+def test_early_stopping_on_the_validation_loss():
+    x, y, cx, cy = tabular()
+    trainer = L2RWModel(mlp(), clean_data=(cx, cy))
+    trainer.compile(optimizer=keras.optimizers.SGD(0.05), loss=SCCE)
+    # No epoch improves on the first by 1e9: stopped after patience + 1 = 2 of 10 epochs.
+    stop = keras.callbacks.EarlyStopping(monitor="val_loss", patience=1, min_delta=1e9)
+    history = trainer.fit(x, y, batch_size=50, epochs=10, verbose=0, validation_data=(cx, cy),
+                          callbacks=[stop])
+    assert len(history.history["val_loss"]) == 2 and stop.stopped_epoch == 1
+
+
+def fitted(epochs, x, y, cx, cy, model_seed=0, kind="arrays", **fit_kwargs):
+    """An L2RWModel fitted for `epochs` on arrays (an MLP), or (kind="dataset") on a dataset
+    carrying example ids, in a fixed order, with a clean tf.data set (an MLP with BatchNorm and
+    dropout)."""
+    first = np.arange(len(x)) < 40
+    if kind == "arrays":
+        trainer = L2RWModel(mlp(seed=model_seed), clean_data=(cx, cy), clean_batch_size=8,
+                            weight_on={"first": first})
+        data = dict(x=x, y=y, batch_size=30)
+    else:
+        trainer = L2RWModel(bn_dropout_mlp(seed=model_seed), clean_batch_size=8,
+                            clean_data=tf.data.Dataset.from_tensor_slices((cx, cy)),
+                            weight_on={"first": first}, num_examples=len(x))
+        order = np.random.default_rng(0).permutation(len(x))
+        data = dict(x=tf.data.Dataset.from_tensor_slices(
+            (x[order], y[order], np.ones(len(x), np.float32), order)).batch(30))
+    trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss=SCCE)
+    history = trainer.fit(**data, epochs=epochs, verbose=0, **fit_kwargs)
+    return trainer, history
+
+
+def bn_dropout_mlp(seed=0):
+    """BatchNorm and dropout without convolutions: oneDNN's multithreaded convolution gradients
+    are not bit-reproducible, and L2RW's zero weights turn last-bit differences into different
+    steps, which an exact comparison of two fits would take for a resume error."""
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((6,)), keras.layers.Dense(16),
+                             keras.layers.BatchNormalization(), keras.layers.ReLU(),
+                             keras.layers.Dropout(0.3), keras.layers.Dense(2)])
+
+
+def assert_same_state(a, b):
+    """The wrapped models' weights, the optimizers' state and the per-example statistics."""
+    for u, v in zip(a.model.get_weights(), b.model.get_weights()):
+        np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-6)
+    for u, v in zip(a.optimizer.variables, b.optimizer.variables):
+        np.testing.assert_allclose(u.numpy(), v.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(a.example_stats.numpy()[:, [0, 2]],
+                                  b.example_stats.numpy()[:, [0, 2]])
+    np.testing.assert_allclose(a.example_stats.numpy(), b.example_stats.numpy(), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_model_checkpoint_saves_the_weights_and_the_whole_trainer(tmp_path):
+    x, y, cx, cy = tabular(n=120)
+    weights = keras.callbacks.ModelCheckpoint(str(tmp_path / "w{epoch}.weights.h5"),
+                                              save_weights_only=True)
+    whole = keras.callbacks.ModelCheckpoint(str(tmp_path / "m{epoch}.keras"))
+    trainer, _ = fitted(2, x, y, cx, cy, callbacks=[weights, whole])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "m1.keras", "m2.keras", "w1.weights.h5", "w2.weights.h5"]
+    # The weights file loads into a fresh wrapper, which has no statistics before a fit.
+    fresh = L2RWModel(mlp(seed=5), clean_data=(cx, cy), weight_on={"first": np.arange(120) < 40})
+    fresh.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss=SCCE)
+    fresh.optimizer.build(fresh.trainable_variables)
+    fresh.load_weights(tmp_path / "w2.weights.h5")
+    assert_same_state(trainer, fresh)
+    # The whole trainer: settings, compile, optimizer and statistics; not the clean set.
+    loaded = keras.models.load_model(tmp_path / "m2.keras")
+    assert isinstance(loaded, L2RWModel) and loaded.clean_data is None
+    assert (loaded.clean_batch_size, loaded.requested_meta_grad, loaded.seed) == (8, "auto", 0)
+    np.testing.assert_array_equal(loaded.weight_on["first"], np.arange(120) < 40)
+    assert_same_state(trainer, loaded)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), trainer.predict(x, verbose=0),
+                               rtol=1e-6)
+    with pytest.raises(ValueError, match="set trainer.clean_data"):
+        loaded.fit(x, y, batch_size=30, verbose=0)
+    # Given its clean set back, it trains on as the trainer does: same orders, same steps.
+    loaded.clean_data = (cx, cy)
+    loaded.fit(x, y, batch_size=30, epochs=1, verbose=0)
+    trainer.fit(x, y, batch_size=30, epochs=1, verbose=0)
+    assert_same_state(trainer, loaded)
+
+
+class Interrupt(keras.callbacks.Callback):
+    """Raises in the middle of epoch 1 (after epoch 0's backup), as Keras' own tests do."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == 1 and batch == 2:
+            raise RuntimeError("interrupted")
+
+
+@pytest.mark.parametrize("kind", ["arrays", "dataset"])
+def test_backup_and_restore_resumes_an_interrupted_fit_exactly(tmp_path, kind):
+    """Interrupted in epoch 1 and rerun by a fresh trainer (other initial weights): it resumes
+    from epoch 0's backup and ends with the weights, optimizer state and per-example statistics
+    of an uninterrupted fit, having seen the same batches (same losses per epoch). On arrays
+    (shuffled every epoch) and on a dataset with example ids (BatchNorm statistics and dropout
+    seeds are weights too)."""
+    x, y, cx, cy = tabular(n=120)
+    reference, history = fitted(3, x, y, cx, cy, kind=kind)
+    backup = str(tmp_path / "backup")
+    with pytest.raises(RuntimeError, match="interrupted"):
+        fitted(3, x, y, cx, cy, kind=kind,
+               callbacks=[keras.callbacks.BackupAndRestore(backup), Interrupt()])
+    resumed, resumed_history = fitted(3, x, y, cx, cy, model_seed=7, kind=kind,
+                                      callbacks=[keras.callbacks.BackupAndRestore(backup)])
+    assert len(resumed_history.history["loss"]) == 2  # epochs 1 and 2
+    np.testing.assert_allclose(resumed_history.history["loss"], history.history["loss"][1:],
+                               rtol=1e-5)
+    np.testing.assert_allclose(resumed_history.history["weight_on_first"],
+                               history.history["weight_on_first"][1:], rtol=1e-5, atol=1e-7)
+    assert_same_state(reference, resumed)
+    assert resumed.example_weights()["times_seen"].tolist() == [3] * 120
+
+
+KILLED_FIT = """
+import pathlib, sys, time
+import numpy as np
+sys.path.insert(0, {tests!r})
+import keras
+import test_fit
+
+mode, out = sys.argv[1], pathlib.Path(sys.argv[2])
+
+class HangInEpoch1(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+    def on_train_batch_end(self, batch, logs=None):
+        if self.epoch == 1 and batch == 2:  # epoch 0's backup is written
+            (out / "hanging").write_text("")
+            time.sleep(600)
+
+callbacks = [keras.callbacks.BackupAndRestore(str(out / "backup"))]
+if mode == "hang":
+    callbacks.append(HangInEpoch1())
+x, y, cx, cy = test_fit.tabular(n=120)
+# The rerun starts from other initial weights: the backup's replace them.
+trainer, history = test_fit.fitted(3, x, y, cx, cy, model_seed=0 if mode == "hang" else 7,
+                                   callbacks=callbacks)
+np.savez(out / "final.npz", *trainer.model.get_weights(), stats=trainer.example_stats.numpy(),
+         epochs=len(history.history["loss"]))
+"""
+
+
+def test_a_fit_killed_in_its_second_epoch_resumes_from_the_backup(tmp_path):
+    """SIGKILL in the middle of epoch 1, then the same command again in a new process: it
+    resumes from epoch 0's backup and ends as an uninterrupted fit (in this process) does."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from conftest import REPO
+    script = tmp_path / "killed_fit.py"
+    script.write_text(KILLED_FIT.format(tests=str(REPO / "tests")))
+    child = subprocess.Popen([sys.executable, str(script), "hang", str(tmp_path)], cwd=REPO,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 300
+        while not (tmp_path / "hanging").exists():
+            assert child.poll() is None, child.stderr.read().decode()[-2000:]
+            assert time.time() < deadline, "the fit did not reach epoch 1"
+            time.sleep(0.2)
+        assert (tmp_path / "backup" / "latest.weights.h5").exists()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert child.returncode == -signal.SIGKILL and not (tmp_path / "final.npz").exists()
+    rerun = subprocess.run([sys.executable, str(script), "resume", str(tmp_path)], cwd=REPO,
+                           capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    x, y, cx, cy = tabular(n=120)
+    reference, _ = fitted(3, x, y, cx, cy)
+    final = np.load(tmp_path / "final.npz")
+    assert int(final["epochs"]) == 2  # epochs 1 and 2 only: resumed
+    for i, w in enumerate(reference.model.get_weights()):
+        np.testing.assert_allclose(final[f"arr_{i}"], w, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(final["stats"], reference.example_stats.numpy(), rtol=1e-5,
+                               atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-example statistics of a dataset that carries example ids (issue 16).
+
+@pytest.mark.parametrize("form", ["tuple", "dict"])
+def test_example_ids_in_a_dataset_key_the_statistics_as_positions_do(form):
+    """The same examples in the same order, once as arrays and once as a dataset whose ids are
+    the examples' places in another order: the same steps, and the same statistics, by id."""
+    x, y, cx, cy = tabular(n=90)
+    ids = np.random.default_rng(3).permutation(90)  # example ids[i] is at position i
+    flagged = np.arange(90) < 30                     # by id
+    arrays = L2RWModel(mlp(), clean_data=(cx, cy), clean_batch_size=10,
+                       weight_on={"flagged": flagged[ids]})  # by position
+    arrays.compile(optimizer=keras.optimizers.SGD(0.1), loss=SCCE)
+    by_position = arrays.fit(x, y, batch_size=30, epochs=2, shuffle=False, verbose=0)
+    sample_weight = np.ones(90, np.float32)
+    elements = ((x, y, sample_weight, ids) if form == "tuple" else
+                {"x": x, "y": y, "example_id": ids.astype(np.int32)})
+    ds = tf.data.Dataset.from_tensor_slices(elements).batch(30)
+    dataset = L2RWModel(mlp(), clean_data=tf.data.Dataset.from_tensor_slices((cx, cy)),
+                        clean_batch_size=10, weight_on={"flagged": flagged}, num_examples=90)
+    dataset.compile(optimizer=keras.optimizers.SGD(0.1), loss=SCCE)
+    by_id = dataset.fit(ds, epochs=2, verbose=0)
+    for a, b in zip(arrays.model.get_weights(), dataset.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(by_id.history["weight_on_flagged"],
+                               by_position.history["weight_on_flagged"], rtol=1e-5, atol=1e-7)
+    expected, got = arrays.example_weights(), dataset.example_weights()
+    assert got["times_seen"][ids].tolist() == expected["times_seen"].tolist() == [2] * 90
+    for key in ("mean_weight", "zero_fraction"):
+        np.testing.assert_allclose(got[key][ids], expected[key], rtol=1e-5, atol=1e-6)
+    ranked = l2rw_tf.label_issues(dataset, x[np.argsort(ids)], y[np.argsort(ids)])
+    assert sorted(ranked["position"].tolist()) == list(range(90))  # the ranking works by id
+
+
+def test_example_ids_errors():
+    x, y, cx, cy = tabular(n=40)
+    ds = tf.data.Dataset.from_tensor_slices((x, y, np.ones(40, np.float32), np.arange(40)))
+    trainer = L2RWModel(mlp(), clean_data=(cx, cy))
+    trainer.compile(optimizer="sgd", loss=SCCE)
+    with pytest.raises(ValueError, match=r"give L2RWModel\(num_examples=...\)"):
+        trainer.fit(ds.batch(20), verbose=0)
+    with pytest.raises(ValueError, match="example ids"):
+        trainer.example_weights()  # a fit on a dataset without ids keeps none
+    trainer.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(20), verbose=0)
+    small = L2RWModel(mlp(), clean_data=(cx, cy), num_examples=30)
+    small.compile(optimizer="sgd", loss=SCCE)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"num_examples=30\)"):
+        small.fit(ds.batch(20), verbose=0)
+    with pytest.raises(ValueError, match="num_examples=30, but the arrays given to fit hold 40"):
+        small.fit(x, y, verbose=0)
+    grouped = L2RWModel(mlp(), clean_data=(cx, cy), weight_on={"a": np.arange(40) < 5})
+    grouped.compile(optimizer="sgd", loss=SCCE)
+    with pytest.raises(ValueError, match="weight_on with a dataset needs example ids"):
+        grouped.fit(ds.batch(20), verbose=0)
+    with pytest.raises(ValueError, match="num_examples=0 must be at least 1"):
+        L2RWModel(mlp(), clean_data=(cx, cy), num_examples=0)
+
+
+def test_a_fit_on_other_examples_replaces_the_statistics(tmp_path):
+    """One `example_stats` weight, of the last fit's size: the wrapper still saves and loads."""
+    x, y, cx, cy = tabular(n=60)
+    trainer = L2RWModel(mlp(), clean_data=(cx, cy))
+    trainer.compile(optimizer="sgd", loss=SCCE)
+    trainer.fit(x, y, batch_size=20, verbose=0)
+    trainer.fit(x[:40], y[:40], batch_size=20, verbose=0)
+    assert [tuple(v.shape) for v in trainer.non_trainable_variables] == [(40, 3)]
+    trainer.save_weights(tmp_path / "t.weights.h5")
+    trainer.load_weights(tmp_path / "t.weights.h5")
+    assert trainer.example_weights()["times_seen"].tolist() == [1] * 40
