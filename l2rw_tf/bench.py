@@ -4,6 +4,7 @@
     python -m l2rw_tf.bench --models=lenet --nomemory        # LeNet timings only
     python -m l2rw_tf.bench --quick                          # a smoke test
     python -m l2rw_tf.bench --output=results/bench/bench.json
+    python -m l2rw_tf.bench --models=lenet,mlp --fit --nomemory   # also Keras fit's steps
 
 Time: every step variant trains its own copy of the model on fixed random batches (no input
 pipeline), and the variants are timed interleaved, round after round, so that machine load affects
@@ -23,6 +24,15 @@ execution), then a few steps run:
 
 Agreement: the weights of every meta-gradient method on one batch, relative error against the
 first (float32).
+
+The fit path (`--fit`): `fit_l2rw` is a step of `fit.L2RWModel` (its `train_step`, meta-gradient
+"auto", under the `tf.function` Keras' `Model.fit` runs, with its weight metrics and per-example
+statistics), `fit_baseline` a step of the same model compiled and fitted as a plain Keras model
+(`Model.fit`'s default `train_step`), both with the CLI steps' optimizer, timed interleaved with
+the other variants: each is the model's `train_function` called on an iterator over the fixed
+batches, as `fit` calls it every step (the Python loop around it, callbacks, is not timed). The
+row's `fit` entry compares fit_l2rw / fit_baseline with the CLI step's ratio of the same method
+(`l2rw_<method>` / `baseline`): the fit path's overhead is their difference.
 
 Floor: `baseline_n+m` is the baseline step on the noisy and clean images together (n + m of them),
 timed with the others. Every exact L2RW step runs a forward and a backward pass over those n + m
@@ -57,6 +67,9 @@ def define_flags():
     flags.DEFINE_bool("memory", True, "Measure peak memory of every variant (one subprocess each).")
     flags.DEFINE_bool("quick", False, "LeNet only, few rounds and steps: checks that everything "
                       "runs.")
+    flags.DEFINE_bool("fit", False, "Also time the Keras fit path: fit_l2rw (L2RWModel's "
+                      "train_step under Model.fit's tf.function) and fit_baseline (the same model's "
+                      "plain Model.fit step).")
     flags.DEFINE_string("output", None, "Write the results as JSON here.")
     flags.DEFINE_string("probe", None, "Internal: MODEL,M,VARIANT: print the memory of one "
                         "variant.")
@@ -109,6 +122,43 @@ def make_step(make_model, config):
     model = make_model()
     return model, train.make_train_step(model, train.TF1Momentum(1e-3), config,
                                         tf.random.Generator.from_seed(0))[0]
+
+
+def make_fit_steps(make_model, noisy, clean):
+    """The fit path's steps: ({"fit_baseline": step, "fit_l2rw": step}, L2RW's meta-gradient).
+    Each step is one call of a compiled model's `train_function` (what `Model.fit` calls every
+    step) on an endless iterator of the fixed batches; a one-step `fit` first builds the model,
+    the optimizer, the metrics and the function, as `fit` does."""
+    import tensorflow as tf
+    from l2rw_tf import reweight, train
+    from l2rw_tf.fit import L2RWModel
+    loss = reweight.per_example_loss  # the CLI steps' loss (sigmoid for LeNet's single logit)
+    x, y, cx, cy = noisy["image"], noisy["label"], clean["image"], clean["label"]
+    n, m = int(x.shape[0]), int(cx.shape[0])
+    baseline = make_model()
+    baseline.compile(optimizer=train.TF1Momentum(1e-3), loss=loss)
+    baseline.fit(x, y, batch_size=n, epochs=1, shuffle=False, verbose=0)
+    trainer = L2RWModel(make_model(), clean_data=(cx, cy), clean_batch_size=m)
+    trainer.compile(optimizer=train.TF1Momentum(1e-3), loss=loss)
+    trainer.fit(x.numpy(), y.numpy(), batch_size=n, epochs=1, shuffle=False, verbose=0)
+    # The elements fit's datasets give: (x, y) for Keras; for L2RWModel the noisy batch with its
+    # sample weights and positions (per-example statistics), zipped with a clean batch.
+    plain = iter(tf.data.Dataset.from_tensors((x, y)).repeat())
+    zipped = iter(tf.data.Dataset.from_tensors(
+        ((x, y, tf.ones([n], tf.float32), tf.range(n, dtype=tf.int64)), (cx, cy))).repeat())
+    steps = {"fit_baseline": lambda noisy, clean: baseline.train_function(plain),
+             "fit_l2rw": lambda noisy, clean: trainer.train_function(zipped)}
+    return steps, trainer.meta_grad
+
+
+def fit_overhead(ms, meta_grad):
+    """fit_l2rw / fit_baseline against the CLI step's ratio of the same method."""
+    cli = f"l2rw_{meta_grad}"
+    fit_ratio = ms["fit_l2rw"] / ms["fit_baseline"]
+    cli_ratio = ms[cli] / ms["baseline"] if cli in ms else None
+    return {"meta_grad": meta_grad, "cli_variant": cli, "fit_ratio": fit_ratio,
+            "cli_ratio": cli_ratio,
+            "overhead": None if cli_ratio is None else fit_ratio - cli_ratio}
 
 
 def time_variants(steps_by_name, noisy, clean, rounds, steps):
@@ -226,7 +276,8 @@ def applicable(make_model, meta_grads):
 FLOOR = "baseline_n+m"
 
 
-def bench_model(model_name, n, clean_sizes, meta_grads, rounds, steps, memory=False):
+def bench_model(model_name, n, clean_sizes, meta_grads, rounds, steps, memory=False,
+                fit=False):
     import tensorflow as tf
     rows = []
     for m in clean_sizes:
@@ -240,10 +291,15 @@ def bench_model(model_name, n, clean_sizes, meta_grads, rounds, steps, memory=Fa
         joined = {k: tf.concat([noisy[k], clean[k]], axis=0) for k in noisy}
         floor_step = make_step(make_model, variants["baseline"])[1]
         step_fns[FLOOR] = lambda noisy, clean: floor_step(joined, clean)
+        if fit:
+            fit_steps, fit_meta_grad = make_fit_steps(make_model, noisy, clean)
+            step_fns.update(fit_steps)
         ms = time_variants(step_fns, noisy, clean, rounds, steps)
         row = {"model": model_name, "n": n, "m": m, "ms_per_step": ms,
                "ratio_to_baseline": {k: v / ms["baseline"] for k, v in ms.items()},
                "weights_relative_error": weight_agreement(make_model, noisy, clean, meta_grads)}
+        if fit:
+            row["fit"] = fit_overhead(ms, fit_meta_grad)
         if memory:
             mem = measure_memory(model_name, n, m, variants)
             row["memory"] = mem
@@ -283,6 +339,16 @@ def format_table(rows):
     lines = [header, rule] + table_rows(
         lambda r, v: f"{r['ms_per_step'][v]:.2f} ms ({r['ratio_to_baseline'][v]:4.2f}x)",
         "ms_per_step", tail=lambda r: f"   {max(r['weights_relative_error'].values()):.1e}")
+    fit_rows = [r for r in rows if "fit" in r]
+    if fit_rows:
+        lines += ["", "fit path: fit_l2rw / fit_baseline (Keras Model.fit's train_function) "
+                  "against the CLI step's l2rw_<method> / baseline", rule]
+        for r in fit_rows:
+            f = r["fit"]
+            cli = "-" if f["cli_ratio"] is None else f"{f['cli_ratio']:.2f}x"
+            overhead = "-" if f["overhead"] is None else f"{f['overhead']:+.2f}"
+            lines.append(f"{r['model']:<10}{r['n']:>5}{r['m']:>5}  fit {f['fit_ratio']:.2f}x   "
+                         f"CLI {cli} ({f['cli_variant']})   fit - CLI {overhead}")
     if all("memory" in r for r in rows):
         lines += ["", "step memory: peak RSS during steps minus RSS before them, MB "
                   "(ratio to baseline); [peak RSS MB]", rule] + table_rows(
@@ -312,7 +378,7 @@ def main(argv):
     for model_name in model_names:
         rows += bench_model(model_name, FLAGS.batch_size,
                             [int(m) for m in FLAGS.clean_batch_sizes], FLAGS.meta_grads,
-                            rounds, steps, memory=FLAGS.memory)
+                            rounds, steps, memory=FLAGS.memory, fit=FLAGS.fit)
         print(format_table(rows[-len(FLAGS.clean_batch_sizes):]), flush=True)  # progress
     result = {"machine": machine(), "rounds": rounds, "steps_per_round": steps, "rows": rows}
     print()

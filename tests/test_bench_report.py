@@ -98,3 +98,22 @@ def test_report_skips_nan_metrics(tmp_path):
                   {"test_accuracy": 0.9, "weight_noisy": float("nan")})
     (row,) = report.summarize(report.load_runs([str(tmp_path / "runs")]))
     assert "weight_noisy_mean" not in row and row["test_accuracy_mean"] == pytest.approx(0.9)
+
+
+def test_bench_times_the_fit_path_beside_the_cli_steps():
+    """`--fit`: fit_l2rw (L2RWModel's train_step under fit's tf.function) and fit_baseline (the
+    same model's plain Model.fit step), with their ratio against the CLI step's."""
+    (row,) = bench.bench_model("lenet", 8, [4], ["layerwise"], rounds=1, steps=2, fit=True)
+    assert {"fit_baseline", "fit_l2rw", "baseline", "l2rw_layerwise"} <= set(row["ms_per_step"])
+    assert all(ms > 0 for ms in row["ms_per_step"].values())
+    fit = row["fit"]
+    assert fit["meta_grad"] == "layerwise" and fit["cli_variant"] == "l2rw_layerwise"
+    assert fit["fit_ratio"] == pytest.approx(
+        row["ms_per_step"]["fit_l2rw"] / row["ms_per_step"]["fit_baseline"])
+    assert fit["overhead"] == pytest.approx(fit["fit_ratio"] - fit["cli_ratio"])
+    table = bench.format_table([row])
+    assert "fit_l2rw" in table and "fit path" in table
+    assert f"fit {fit['fit_ratio']:.2f}x" in table.splitlines()[-1]
+    # A meta-gradient the CLI did not time: no CLI ratio to compare with.
+    assert bench.fit_overhead({"fit_l2rw": 2.0, "fit_baseline": 1.0, "baseline": 1.0},
+                              "jvp")["cli_ratio"] is None
