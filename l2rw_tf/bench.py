@@ -68,8 +68,8 @@ def define_flags():
     flags.DEFINE_bool("quick", False, "LeNet only, few rounds and steps: checks that everything "
                       "runs.")
     flags.DEFINE_bool("fit", False, "Also time the Keras fit path: fit_l2rw (L2RWModel's "
-                      "train_step under Model.fit's tf.function) and fit_baseline (the same model's "
-                      "plain Model.fit step).")
+                      "train_step under Model.fit's tf.function) and fit_baseline (the same "
+                      "model's plain Model.fit step).")
     flags.DEFINE_string("output", None, "Write the results as JSON here.")
     flags.DEFINE_string("probe", None, "Internal: MODEL,M,VARIANT: print the memory of one "
                         "variant.")

@@ -96,6 +96,48 @@ def _batches_of(order, arrays, batch, drop_remainder=False):
     return tf.data.Dataset.zip((index, tf.data.Dataset.from_tensors(arrays).repeat()))
 
 
+def _order_key(optimizer):
+    """A one-element dataset: `optimizer`'s step count when an iteration starts (every epoch, for
+    `fit`), the key of that iteration's orders (0 without an optimizer). BackupAndRestore
+    restores the count, so a resumed epoch gets the key, and the order, of the uninterrupted
+    run's."""
+    if optimizer is None:
+        return tf.data.Dataset.from_tensors(tf.constant(0, tf.int64))
+    iterations = optimizer.iterations
+    return tf.data.Dataset.range(1).map(
+        lambda _: tf.cast(tf.convert_to_tensor(iterations), tf.int64))
+
+
+def _array_batches(arrays, batch_size, shuffle, seed, optimizer):
+    """The tuple of arrays `arrays` (nests allowed) in batches, with each batch's positions as a
+    last element; shuffled (`shuffle`) in an order of `seed` and `_order_key(optimizer)`."""
+    n = _length(arrays)
+    arrays = tf.nest.map_structure(tf.convert_to_tensor, arrays)
+
+    def order(key):
+        index = _permutation(n, _order_seed(seed, key, 0)) if shuffle else \
+            tf.range(n, dtype=tf.int64)
+        return tf.data.Dataset.from_tensor_slices(index)
+
+    order = _order_key(optimizer).flat_map(order).apply(
+        tf.data.experimental.assert_cardinality(n))
+    batches = _batches_of(order, arrays, batch_size)
+    return batches.map(lambda index, arrays: (*_gather(arrays, index), index))
+
+
+def noisy_batches(x, y, batch_size=32, seed=0, shuffle=True, optimizer=None):
+    """Batches (x, y) of arrays in the order in which `L2RWModel(..., seed=seed).fit(x, y,
+    batch_size=batch_size, shuffle=shuffle)` draws them, for a plain `model.fit` to train in the
+    same order: give that model's optimizer (compile it first), whose step count keys each
+    epoch's order as the trainer's own does (so both must start from the same count, e.g. 0).
+
+        plain.compile(optimizer=keras.optimizers.SGD(0.1), loss=...)
+        plain.fit(noisy_batches(x, y, 100, seed=0, optimizer=plain.optimizer), epochs=20)
+    """
+    return _array_batches((x, y), batch_size, shuffle, seed, optimizer).map(
+        lambda x, y, position: (x, y))
+
+
 # The keys of a noisy dataset element in its dict form.
 ELEMENT_KEYS = ("x", "y", "sample_weight", "example_id")
 
@@ -175,7 +217,8 @@ class L2RWModel(keras.Model):
     uninterrupted one, and ends with its weights (as far as the kernels are reproducible: two
     uninterrupted fits of a convolutional model can differ in the last bits on oneDNN, whose
     multithreaded convolution gradients are not bit-exact, and L2RW's zero weights amplify
-    that); a second `fit` continues with new orders. (A noisy *dataset* keeps its own
+    that); a second `fit` continues with new orders. `noisy_batches` gives a plain `model.fit`
+    the batches in the trainer's order. (A noisy *dataset* keeps its own
     order: for an exact resume it must not depend on the process' history, e.g. no
     `reshuffle_each_iteration`; and `steps_per_epoch` carries one iteration over epochs, which a
     backup does not record.)
@@ -303,14 +346,7 @@ class L2RWModel(keras.Model):
     # The data fit iterates: the noisy batches zipped with endless clean batches.
 
     def _order_key(self):
-        """A one-element dataset: the optimizer's step count when an iteration starts (every
-        epoch, for `fit`), the key of that iteration's orders. BackupAndRestore restores the
-        count, so a resumed epoch gets the key, and the order, of the uninterrupted run's."""
-        if getattr(self, "optimizer", None) is None:
-            return tf.data.Dataset.from_tensors(tf.constant(0, tf.int64))
-        iterations = self.optimizer.iterations
-        return tf.data.Dataset.range(1).map(
-            lambda _: tf.cast(tf.convert_to_tensor(iterations), tf.int64))
+        return _order_key(getattr(self, "optimizer", None))
 
     def _clean_arrays(self):
         """The clean set as tensors (x, y)."""
@@ -360,17 +396,8 @@ class L2RWModel(keras.Model):
         sample_weight = np.asarray(sample_weight, np.float32)
         if len(sample_weight) != n:
             raise ValueError(f"sample_weight has {len(sample_weight)} entries for {n} examples")
-        arrays = tf.nest.map_structure(tf.convert_to_tensor, (x, y, sample_weight))
-
-        def order(key):
-            index = _permutation(n, _order_seed(self.seed, key, 0)) if shuffle else \
-                tf.range(n, dtype=tf.int64)
-            return tf.data.Dataset.from_tensor_slices(index)
-
-        order = self._order_key().flat_map(order).apply(
-            tf.data.experimental.assert_cardinality(n))
-        batches = _batches_of(order, arrays, batch_size)
-        return batches.map(lambda index, arrays: (*_gather(arrays, index), index)), n
+        return _array_batches((x, y, sample_weight), batch_size, shuffle, self.seed,
+                              getattr(self, "optimizer", None)), n
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, sample_weight=None,
             shuffle=True, class_weight=None, validation_split=0.0, **kwargs):

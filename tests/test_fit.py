@@ -493,3 +493,40 @@ def test_a_fit_on_other_examples_replaces_the_statistics(tmp_path):
     trainer.save_weights(tmp_path / "t.weights.h5")
     trainer.load_weights(tmp_path / "t.weights.h5")
     assert trainer.example_weights()["times_seen"].tolist() == [1] * 40
+
+
+def test_noisy_batches_give_a_plain_fit_the_trainers_order():
+    """A plain model fitted on fit.noisy_batches (keyed on its own optimizer's step count) sees,
+    step by step, the examples L2RWModel.fit draws, over several epochs."""
+    from l2rw_tf.fit import noisy_batches
+    n, batch, epochs = 50, 20, 3  # 3 steps an epoch, the last one of 10
+    x = np.random.default_rng(0).normal(size=(n, 6)).astype(np.float32)
+    targets = np.arange(n, dtype=np.float32)[:, None]  # each example's position
+
+    def recording(base):
+        class Recording(base):
+            """Writes the targets of every step's batch (positions) into `seen`."""
+            seen = tf.Variable(tf.fill([epochs * 3, batch], -1.0))
+
+            def train_step(self, data):
+                y = data[0][1] if base is L2RWModel else data[1]
+                step = tf.cast(self.optimizer.iterations, tf.int32)
+                row = tf.pad(y[:, 0], [[0, batch - tf.shape(y)[0]]], constant_values=-2.0)
+                self.seen.assign(tf.tensor_scatter_nd_update(self.seen, [[step]], [row]))
+                return super().train_step(data)
+        return Recording
+
+    trainer = recording(L2RWModel)(mlp(outputs=1), clean_data=(x[:10], targets[:10]), seed=4)
+    trainer.compile(optimizer=keras.optimizers.SGD(1e-4), loss="mse")
+    trainer.fit(x, targets, batch_size=batch, epochs=epochs, verbose=0)
+    plain = mlp(outputs=1)
+    plain = recording(keras.Sequential)(plain.layers)
+    plain.compile(optimizer=keras.optimizers.SGD(1e-4), loss="mse")
+    plain.fit(noisy_batches(x, targets, batch, seed=4, optimizer=plain.optimizer),
+              epochs=epochs, verbose=0)
+    seen = trainer.seen.numpy()
+    np.testing.assert_array_equal(plain.seen.numpy(), seen)
+    epoch_orders = seen.reshape(epochs, -1)
+    for order in epoch_orders:  # every example once an epoch, in a new order each epoch
+        assert sorted(order[order >= 0].astype(int).tolist()) == list(range(n))
+    assert len({tuple(order) for order in epoch_orders}) == epochs
