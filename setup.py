@@ -18,5 +18,9 @@ setup(
         "tensorboard",  # tf.summary needs it; TF 2.21 no longer installs it
         "matplotlib",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        "test": ["pytest"],
+        # examples/tabular_mlp.py and examples/digits_tokens.py read datasets bundled with it
+        "examples": ["scikit-learn"],
+    },
 )
