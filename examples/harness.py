@@ -41,6 +41,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import l2rw_tf  # noqa: E402  (sets TensorFlow's CPU options before TensorFlow loads)
+from l2rw_tf.train import finite_or_null  # noqa: E402  (strict JSON: NaN as null)
 
 def parser(name, description, *, epochs, batch_size, lr, clean_per_class=10, seeds="0",
            noise="uniform", ratio=0.4):
@@ -426,17 +427,6 @@ def table(runs, clean_only):
     return "\n".join(lines)
 
 
-def _strict(value):
-    """NaN and infinities as null (strict JSON)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _strict(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict(v) for v in value]
-    return value
-
-
 def main(name, description, load_data, build_model, argv=None, **defaults):
     """Parses the flags (`parser`'s, with `defaults`), loads the data (`load_data(args)`: a dict
     with train_x, train_y, test_x, test_y, num_classes, optionally class_names, images (for the
@@ -457,7 +447,7 @@ def main(name, description, load_data, build_model, argv=None, **defaults):
     (out / "results.md").write_text(f"`{command.strip()}`\n\n{text}\n\nwall time "
                                     f"{seconds:.0f} s\n")
     flags = {k: v for k, v in vars(args).items()}
-    (out / "results.json").write_text(json.dumps(_strict(
+    (out / "results.json").write_text(json.dumps(finite_or_null(
         {"example": name, "data": data.get("description", ""), "flags": flags,
          "wall_seconds": seconds, "runtime": l2rw_tf.runtime(), "runs": runs}),
         indent=1, allow_nan=False) + "\n")
