@@ -19,8 +19,11 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest"],
+        # the test suite also runs the optional parts: the examples and the cleanlab evaluation
+        "test": ["pytest", "scikit-learn", "cleanlab"],
         # examples/tabular_mlp.py and examples/digits_tokens.py read datasets bundled with it
         "examples": ["scikit-learn"],
+        # python -m l2rw_tf.cleanlab_eval: L2RW's label-issue ranking against cleanlab's
+        "eval": ["cleanlab", "scikit-learn"],
     },
 )

@@ -369,20 +369,27 @@ def check_run_dir(run_dir):
             raise UsageError(f"{run_dir} holds a different run ({diff}); use a new --logdir")
     elif os.path.isdir(run_dir) and set(os.listdir(run_dir)) - {LOCK_NAME}:
         raise UsageError(f"{run_dir} exists and is not a run directory; use a new --logdir")
-    # The nearest existing ancestor must take a new directory (tried, then removed: os.access
-    # says yes to root on read-only file systems such as /sys).
-    parent = os.path.abspath(run_dir)
+    check_writable(run_dir)
+    return flags_path
+
+
+def check_writable(path, flag="--logdir"):
+    """Refuses a directory `path` that is a file or cannot be created or written: the nearest
+    existing ancestor must take a new directory (tried, then removed: os.access says yes to
+    root on read-only file systems such as /sys). Creates nothing."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise UsageError(f"{flag}={path} is a file, not a directory; choose another {flag}")
+    parent = os.path.abspath(path)
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise UsageError(f"cannot create --logdir={run_dir}: {parent} is a file, not a "
-                         f"directory; choose another --logdir")
+        raise UsageError(f"cannot create {flag}={path}: {parent} is a file, not a "
+                         f"directory; choose another {flag}")
     try:
         os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".l2rw_probe_"))
     except OSError as e:
-        raise UsageError(f"cannot create --logdir={run_dir}: {parent} is not a writable "
-                         f"directory ({e.strerror}); choose another --logdir") from None
-    return flags_path
+        raise UsageError(f"cannot create {flag}={path}: {parent} is not a writable "
+                         f"directory ({e.strerror}); choose another {flag}") from None
 
 
 def prepare_run_dir(run_dir):
@@ -427,7 +434,14 @@ def finetune_source(run_dir):
 
 def build_experiment():
     """Data, model, optimizer and input pipelines from the flags."""
-    from l2rw_tf import data, models, noise, reweight, train
+    experiment, preprocess, augment = build_data()
+    return (experiment, *build_training(experiment, preprocess, augment), preprocess)
+
+
+def build_data():
+    """The experiment's arrays from the flags, checked against the batch sizes; with the
+    preprocessing (`data.to_float` or `data.to_signed`) and whether to augment."""
+    from l2rw_tf import data, noise, train
     f = FLAGS
     if f.task == "imbalance":
         uses_clean = f.method in train.USES_CLEAN_SET
@@ -464,6 +478,14 @@ def build_experiment():
         if f.noise == "background":
             experiment.info["background_weight"] = noise.background_weight(
                 experiment.num_classes, f.ratio)
+    return experiment, preprocess, augment
+
+
+def build_training(experiment, preprocess, augment):
+    """Model, optimizer, noisy and clean input pipelines and evaluation of the flags, on the
+    arrays of `experiment` (l2rw_tf.cleanlab_eval trains on parts of the training set)."""
+    from l2rw_tf import data, models, reweight, train
+    f = FLAGS
     model = models.build_model(f.model, experiment.num_classes, experiment.input_shape,
                                seed=f.seed, weight_decay=f.weight_decay, dropout=f.dropout,
                                bn_momentum=f.bn_momentum, units=f.units, width=f.width)
@@ -501,7 +523,7 @@ def build_experiment():
                                     preprocess=preprocess, augment_seed=aug_seed(1))
     evaluate = train.make_evaluate(model, experiment.eval_sets, preprocess,
                                    batch_size=f.eval_batch_size)
-    return experiment, model, optimizer, train_ds, clean_ds, evaluate, preprocess
+    return model, optimizer, train_ds, clean_ds, evaluate
 
 
 def training_examples(experiment):
