@@ -176,6 +176,17 @@ def _noisy_element(element, num_examples):
     return x, y, tf.cast(sample_weight, tf.float32), example_id
 
 
+def default_clean_batch_size(clean_size, noisy_batch_size=None):
+    """Clean examples per step unless given: the noisy batch size (32 if fit is not told), but
+    at least 100, as in every step of the paper's experiments, and at most the clean set. Why at
+    least 100: on examples/digits_tokens.py a clean batch of 32 (of 100) left L2RW at chance on
+    every seed and the whole 100 trained it (examples/README.md). A likely reason: at the start
+    every output is near uniform and the last layer's bias dominates an example's gradient, so
+    against a few dozen clean examples its alignment mostly says whether its label is frequent
+    among them."""
+    return min(int(clean_size), max(int(noisy_batch_size or 32), 100))
+
+
 @keras.saving.register_keras_serializable(package="l2rw_tf")
 class L2RWModel(keras.Model):
     """A Keras model that trains `model` by Learning to Reweight Examples (Ren et al. 2018).
@@ -183,8 +194,8 @@ class L2RWModel(keras.Model):
     model: any built Keras model whose output the compiled loss takes (logits or probabilities,
         as the loss says). clean_data: the small trusted set, a `tf.data.Dataset` of unbatched
         (x, y) pairs (read into memory once per `fit`) or a tuple of arrays (x, y).
-        clean_batch_size: clean examples per step (default: the noisy batch size, or the whole
-        clean set if smaller, as the original).
+        clean_batch_size: clean examples per step (default `default_clean_batch_size`: the
+        noisy batch size but at least 100, as the paper's steps; the whole clean set if smaller).
     meta_grad: "auto" (the fastest exact method for the model), "layerwise", "jvp" or "lookahead".
     include_regularization: the model's regularisation losses (weight decay) in the clean meta
         loss, as the original CIFAR code.
@@ -372,7 +383,7 @@ class L2RWModel(keras.Model):
         """The clean set in endless batches of `clean_batch_size`, in a new order every pass (a
         function of `seed`, the key of `_order_key` and the pass)."""
         arrays, size = self._clean_arrays()
-        batch = self.clean_batch_size or min(size, noisy_batch_size or 100)
+        batch = self.clean_batch_size or default_clean_batch_size(size, noisy_batch_size)
         if not 0 < batch <= size:
             raise ValueError(f"clean_batch_size={batch} must be in [1, {size}] (the clean set)")
 

@@ -530,3 +530,11 @@ def test_noisy_batches_give_a_plain_fit_the_trainers_order():
     for order in epoch_orders:  # every example once an epoch, in a new order each epoch
         assert sorted(order[order >= 0].astype(int).tolist()) == list(range(n))
     assert len({tuple(order) for order in epoch_orders}) == epochs
+
+
+def test_default_clean_batch_is_the_noisy_batch_but_at_least_100_and_at_most_the_clean_set():
+    from l2rw_tf.fit import default_clean_batch_size
+    assert default_clean_batch_size(1000, 32) == 100   # a small noisy batch: still 100 clean
+    assert default_clean_batch_size(1000, None) == 100
+    assert default_clean_batch_size(1000, 256) == 256
+    assert default_clean_batch_size(50, 32) == 50      # the whole clean set when it is smaller
