@@ -21,7 +21,7 @@ measured (the runs may have shared the machine with other jobs; the load average
 
 Fold runs are ordinary run directories (`--fold_dir`, default `<l2rw_run>_cleanlab<K>`):
 an interrupted evaluation resumes them. Written to `--out`: summary.json, summary.md and
-precision_curve.csv (precision at k for k = 100, 200, ... of every ranking).
+precision_curve.csv and .png (precision at k for k = 100, 200, ... of every ranking).
 """
 import csv
 import dataclasses
@@ -50,7 +50,7 @@ FLAGS = flags.FLAGS
 
 # The flags of a run that say what its data is: the folds must see the same training set.
 NOT_FLAGS = ("input_shape", "pixel_range")
-OUTPUTS = ("summary.json", "summary.md", "precision_curve.csv")
+OUTPUTS = ("summary.json", "summary.md", "precision_curve.csv", "precision_curve.png")
 
 
 def need_cleanlab():
@@ -362,6 +362,30 @@ def write_outputs(out, summary, curve_ks, curves):
     rows = [{"k": k, **{name: f"{curve[i]:.4f}" for name, curve in curves.items()}}
             for i, k in enumerate(curve_ks)]
     train.write_csv(os.path.join(out, "precision_curve.csv"), rows)
+    curve_figure(os.path.join(out, "precision_curve.png"), summary, curve_ks, curves)
+
+
+def curve_figure(path, summary, curve_ks, curves):
+    """precision_curve.png: precision at k of every ranking, k up to twice the corrupted count,
+    with chance and the number of corrupted examples marked."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = fig.subplots()
+    ks = np.asarray(curve_ks)
+    shown = ks <= 2 * summary["corrupted"]
+    for name, curve in curves.items():
+        ax.plot(ks[shown], np.asarray(curve)[shown], label=name)
+    ax.axhline(summary["chance_precision"], color="gray", linestyle=":", label="chance")
+    ax.axvline(summary["corrupted"], color="gray", linestyle="--", linewidth=0.8)
+    ax.set_xlabel("k (examples flagged, likeliest first)")
+    ax.set_ylabel("precision at k (ties in random order)")
+    ax.set_ylim(0, 1.02)
+    data = summary["data"]
+    ax.set_title(f"{data.get('dataset')}, {data.get('noise')} {data.get('ratio')}: "
+                 f"{summary['corrupted']:,} of {summary['train_examples']:,} corrupted",
+                 fontsize=9)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.savefig(path, dpi=110)
 
 
 def entry(argv=None):

@@ -75,6 +75,7 @@ def test_end_to_end_then_refuses_to_overwrite_then_reuses_the_folds(tiny_runs, t
     assert [r["held_out"] for r in summary["fold_records"]] == [200, 200]
     assert (out / "summary.md").read_text().startswith("# Label issues")
     assert (out / "precision_curve.csv").read_text().splitlines()[0].startswith("k,")
+    assert (out / "precision_curve.png").read_bytes()[:4] == b"\x89PNG"
     # Each fold predicts examples it never trained on: the two held-out halves partition the set.
     held = [np.load(tmp_path / "folds" / f"fold{i}" / "held_out.npz")["held_out"]
             for i in range(2)]
