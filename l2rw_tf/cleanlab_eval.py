@@ -306,6 +306,7 @@ def evaluate(log=print):
         "cross_validated_accuracy_on_given_labels": cv_accuracy,
         "fold_records": folds,
         "seconds": {"l2rw_training": l2rw_result.get("train_seconds"),
+                    # as result.json records it: a resumed run counts its last session only
                     "baseline_training": baseline_result and baseline_result.get("train_seconds"),
                     "cleanlab_folds_training": fold_train,
                     "cleanlab_folds_predicting": fold_predict,
@@ -346,8 +347,9 @@ def markdown(summary):
               f"{fmt(sec['cleanlab_total'])} ({summary['folds']} fold trainings "
               f"{fmt(sec['cleanlab_folds_training'])}, predicting "
               f"{fmt(sec['cleanlab_folds_predicting'])}, ranking and filtering "
-              f"{sec['cleanlab_rank'] + sec['cleanlab_find_label_issues']:.1f} s); one "
-              f"baseline training {fmt(sec['baseline_training'])}. Cross-validated accuracy on "
+              f"{sec['cleanlab_rank'] + sec['cleanlab_find_label_issues']:.1f} s); a fold "
+              f"(a baseline training, same steps) {fmt(sec['cleanlab_folds_training'] / summary['folds'])} "
+              f"on average. Cross-validated accuracy on "
               f"the given labels: {summary['cross_validated_accuracy_on_given_labels']:.3f}. "
               f"Load average at the end: {', '.join(f'{x:.1f}' for x in summary['load_average_at_end'])}."]
     return "\n".join(lines) + "\n"

@@ -19,7 +19,8 @@
 #   DRY_RUN=1     print the commands, run nothing.
 # Rerunning skips finished runs (result.json) and resumes interrupted ones. Then the report
 # (summary.md / summary.csv / runs.csv in OUT) and, per run, the last step at which the test
-# accuracy was exactly 50% (every 9 predicted; plateau.csv in OUT for SET=original).
+# accuracy was exactly 50% (every 9 predicted; plateau.csv in OUT for SET=original) and, for
+# SET=original, the per-step curves (curves.png / curves.csv).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export TF_NUM_INTRAOP_THREADS=1 TF_NUM_INTEROP_THREADS=1 TF_CPP_MIN_LOG_LEVEL=2
@@ -92,3 +93,20 @@ if rows:
             out = csv.DictWriter(f, fieldnames=list(rows[0]))
             out.writeheader(); out.writerows(rows)
 EOF
+# SET=original: the per-step test accuracy of each arm, mean ± std over its seeds (curves.png and
+# curves.csv in OUT).
+if [ "$SET" = original ]; then
+  OUT="$OUT" RUNS="$RUNS" python - <<'EOF2'
+import glob, os
+from l2rw_tf import plots
+runs, out = os.environ["RUNS"], os.environ["OUT"]
+groups = {label: sorted(d for d in glob.glob(os.path.join(runs, pattern)) if os.path.isdir(d))
+          for label, pattern in [("L2RW, 4,000 steps", "l2rw_4000_seed*"),
+                                 ("L2RW, 8,000 steps", "l2rw_8000_seed*"),
+                                 ("Baseline, 8,000 steps", "baseline_8000_seed*")]}
+groups = {label: dirs for label, dirs in groups.items() if dirs}
+if groups:
+    plots.curves_figure(groups, os.path.join(out, "curves.png"),
+                        title="MNIST 4 vs 9, 99.5% nines (the original script's setting)")
+EOF2
+fi
