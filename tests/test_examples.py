@@ -105,3 +105,20 @@ def test_tabular_mlp_runs_two_seeds_from_the_command_line(tmp_path):
     assert "plain `model.fit` (clean set only)" in done.stdout
     result = check_outputs(out, seeds=(0, 1))
     assert result["runs"][0]["methods"]["l2rw"]["meta_grad"] == "layerwise"
+
+
+def test_mnist_imbalance_through_fit_alone(tmp_path, capsys):
+    """The 4-vs-9 imbalance example: the command line's data (20 fours among 4,990 training
+    images, 10 clean), L2RWModel.fit and, with --plain, plain fit in the same batches."""
+    if not mnist_prepared():
+        pytest.skip("MNIST is not prepared for tfds in $TFDS_DATA_DIR")
+    out = tmp_path / "imbalance"
+    load("mnist_imbalance").main(["--seeds=0", "--steps=50", "--plain", f"--out={out}"])
+    text = capsys.readouterr().out
+    assert re.search(r"\| L2RW `L2RWModel.fit` \| \d+\.\d \| \d+\.\d\d ± 0\.00 \|", text), text
+    assert "| plain `model.fit` | 50.0 |" in text  # 50 steps: every test image called a 9
+    (run,) = json.loads((out / "results.json").read_text())["runs"]
+    assert (run["train_fours"], run["train_nines"], run["steps"]) == (20, 4970, 50)
+    assert 0.0 < run["l2rw_weight_on_fours_last_epoch"] <= 1.0
+    with pytest.raises(SystemExit):  # an earlier run's results are kept
+        load("mnist_imbalance").main(["--seeds=0", "--steps=50", f"--out={out}"])
