@@ -33,7 +33,8 @@ def load_runs(roots):
 
 
 def summarize(runs):
-    """Groups runs by all flags except the seed; mean and std of each metric."""
+    """Groups runs by all flags except the seed; mean and sample standard deviation (n - 1) of
+    each metric, as plots.mean_std."""
     flag_keys = [k for k in runs[0] if k not in METRICS and k not in ("run_dir", "seed")]
     varying = [k for k in flag_keys if len({json.dumps(r.get(k)) for r in runs}) > 1]
     groups = {}
@@ -48,7 +49,7 @@ def summarize(runs):
                       if r.get(metric) is not None and not math.isnan(r[metric])]
             if values:
                 row[f"{metric}_mean"] = statistics.fmean(values)
-                row[f"{metric}_std"] = statistics.pstdev(values) if len(values) > 1 else 0.0
+                row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
         rows.append(row)
     return rows
 
