@@ -16,6 +16,11 @@ TASK_METHODS = {
 }
 META_GRADIENTS = ("jvp", "lookahead", "layerwise")
 MODELS = ("lenet", "resnet32", "wrn28_10", "resnet", "mlp")
+# --distribute: one device, tf.distribute's MirroredStrategy (one machine) or
+# MultiWorkerMirroredStrategy (a cluster described by TF_CONFIG); see distribute.py.
+DISTRIBUTE = ("none", "mirrored", "multi_worker")
+# --mixed_precision: Keras' global dtype policies (float32 = no mixed precision).
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 # --dataset: any tfds image-classification dataset by name (or an image folder, FOLDER_PREFIX).
 # Whether tfds has a dataset of that name, with features image and label, needs tfds and is
 # checked when the data is loaded (data.load_dataset); here only the name's form:

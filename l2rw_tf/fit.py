@@ -11,9 +11,12 @@ command line trains with), on the compiled loss taken per example; `evaluate`, `
 every metric are the wrapped model's, and `trainer.model` is the trained model itself, to use and
 save without the wrapper. The clean set is drawn in batches of its own (`clean_batch_size`),
 reshuffled every pass, endlessly, beside the noisy batches that `fit` is given: `fit` zips the two
-datasets, as keras-io's SimCLR example feeds two streams. (Under a `tf.distribute` strategy,
-Keras 3.15 builds the compiled loss on a first element before training, takes the zipped element
-for (x, y) and fails: not supported yet.)
+datasets, as keras-io's SimCLR example feeds two streams.
+
+Under a `tf.distribute` strategy (build the model and the wrapper, and compile, in its scope) Keras
+splits each noisy and each clean batch over the replicas and runs `train_step` on each; the step
+is step.py's, whose cross-replica reductions make the weights and the update those of one device
+on the whole batch (distribute.py). The clean batch size must be a multiple of the replica count.
 
 Callbacks, saving and resuming (TensorBoard, ModelCheckpoint, EarlyStopping, BackupAndRestore):
 see the `L2RWModel` docstring.
@@ -27,17 +30,21 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from l2rw_tf import reweight
+from l2rw_tf import distribute, precision, reweight
 from l2rw_tf.step import StepConfig, step_gradients
 
 
-def choose_meta_grad(model):
+def choose_meta_grad(model, replicas=1):
     """The fastest exact meta-gradient for `model`: `layerwise` where it applies (a chain of
-    Dense / Conv2D layers without BatchNorm or dropout), else `jvp` (results/bench)."""
+    Dense / Conv2D layers without BatchNorm or dropout), else `jvp` (results/bench), except on
+    several replicas with synchronized BatchNorm, through whose all-reduce forward mode does not
+    differentiate: `lookahead` (distribute.py)."""
     try:
         reweight.layerwise_layers(model)
     except (ValueError, AttributeError):
-        return "jvp"
+        synchronized = any(getattr(layer, "synchronized", False)
+                           for layer in model._flatten_layers())  # noqa: SLF001
+        return "lookahead" if replicas > 1 and synchronized else "jvp"
     return "layerwise"
 
 
@@ -55,6 +62,9 @@ def per_example(loss):
     values_of = loss.call if isinstance(loss, keras.losses.Loss) else loss
 
     def per_example_loss(y_true, y_pred):
+        # In float32 from a mixed policy's half-precision outputs, as Keras' Loss.__call__
+        # computes it (`call`, which gives the values per example, does not cast).
+        y_pred = tf.nest.map_structure(reweight.at_least_float32, y_pred)
         values = tf.convert_to_tensor(values_of(y_true, y_pred))
         if values.shape.rank == 0:
             raise ValueError("the loss returns a scalar; L2RW needs one value per example "
@@ -283,7 +293,7 @@ class L2RWModel(keras.Model):
     def meta_grad(self):
         """The meta-gradient method the step uses (chosen on first use when "auto")."""
         if self.requested_meta_grad == "auto":
-            return choose_meta_grad(self.model)
+            return choose_meta_grad(self.model, self.distribute_strategy.num_replicas_in_sync)
         return self.requested_meta_grad
 
     def call(self, inputs, training=False):
@@ -386,6 +396,7 @@ class L2RWModel(keras.Model):
         batch = self.clean_batch_size or default_clean_batch_size(size, noisy_batch_size)
         if not 0 < batch <= size:
             raise ValueError(f"clean_batch_size={batch} must be in [1, {size}] (the clean set)")
+        self._clean_batch = batch
 
         def endless(key):
             base = _order_seed(self.seed + 1, key, 0)
@@ -426,6 +437,11 @@ class L2RWModel(keras.Model):
             except ValueError as e:
                 raise ValueError(f"meta_grad='layerwise' does not apply to this model: {e}; use "
                                  f"meta_grad='auto' or 'jvp'") from None
+        if (self.meta_grad == "jvp" and self.distribute_strategy.num_replicas_in_sync > 1
+                and any(getattr(layer, "synchronized", False)
+                        for layer in self.model._flatten_layers())):  # noqa: SLF001
+            raise ValueError("meta_grad='jvp' does not differentiate through synchronized "
+                             "BatchNorm's all-reduce (forward mode): use 'lookahead' or 'auto'")
         self._mark_built()
         if isinstance(x, tf.data.Dataset):
             if y is not None or sample_weight is not None or validation_split:
@@ -472,16 +488,51 @@ class L2RWModel(keras.Model):
     def train_step(self, data):
         # Unpack: the noisy batch that fit was given, and the clean batch zipped beside it.
         (x, y, sample_weight, position), (clean_x, clean_y) = data
+        replicas = distribute.num_replicas()
+        if replicas > 1 and self._clean_batch % replicas:
+            raise ValueError(f"the clean batch of {self._clean_batch} does not split evenly over "
+                             f"{replicas} replicas: give a clean_batch_size divisible by them")
         # The step of step.py, the command line's, on the compiled loss per example.
         config = StepConfig(method="l2rw", meta_grad=self.meta_grad,
                             clean_weight_decay=self.include_regularization)
+        # Loss scaling as Keras' own train_step (`optimizer.scale_loss`): under mixed_float16,
+        # `compile` wraps the optimizer in a LossScaleOptimizer, which unscales the gradients.
         result = step_gradients(self.model, config, (x, y, sample_weight), (clean_x, clean_y),
-                                loss_fn=self.per_example_loss)
+                                loss_fn=self.per_example_loss,
+                                loss_scale=precision.loss_scale(self.optimizer))
         # Update the parameters, then every metric: the compiled ones on the noisy outputs.
         self.optimizer.apply(result.gradients, self.model.trainable_variables)
-        self._update_weight_metrics(result.example_weights, position)
-        self._loss_tracker.update_state(result.loss)
+
+        # The global batch's weights, positions and loss, on every replica (one device: as they
+        # are). One all-gather of both, in float64 (exact for both): TensorFlow's CPU collectives
+        # abort on a float and an int64 gather in one step.
+        gathered = distribute.replica_gather(tf.stack(
+            [tf.cast(result.example_weights, tf.float64), tf.cast(position, tf.float64)], axis=1))
+        weights = tf.cast(gathered[:, 0], result.example_weights.dtype)
+        positions = tf.cast(gathered[:, 1], position.dtype)
+        loss = distribute.replica_sum(result.loss)
+
+        def update_step_statistics():
+            self._update_weight_metrics(weights, positions)
+            self._loss_tracker.update_state(loss)
+
+        if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            # It skipped the step if a scaled gradient overflowed (and halved its scale): that
+            # step's weights and loss may be NaN and are kept out of the statistics.
+            tf.cond(self.optimizer.check_finite(result.gradients), update_step_statistics,
+                    lambda: None)
+        else:
+            update_step_statistics()
         return self.compute_metrics(x, y, result.outputs)
+
+    def _symbolic_build(self, iterator=None, data_batch=None):
+        """Keras builds the compiled loss and metrics on a first element before a `fit` under a
+        strategy, reading it as (x, y, sample_weight): ours zips the clean batch beside the noisy
+        one (x, y, sample_weight, position), so it is given the noisy part."""
+        if (isinstance(data_batch, tuple) and len(data_batch) == 2
+                and isinstance(data_batch[0], tuple) and len(data_batch[0]) == 4):
+            data_batch = data_batch[0][:3]
+        super()._symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def test_step(self, data):
         """The wrapped model's evaluation: the compiled loss and metrics, without L2RW's."""

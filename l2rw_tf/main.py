@@ -122,11 +122,32 @@ flags.DEFINE_integer("eval_batch_size", 250, "Batch size of evaluation passes.")
 flags.DEFINE_string("logdir", None, "Run directory (default: runs/<task>_<dataset>_<method>_"
                     "seed<seed>).")
 flags.DEFINE_bool("deterministic", True, "Enable TF op determinism (bitwise-reproducible on CPU).")
+flags.DEFINE_string("distribute", "none", "none (one device), mirrored (tf.distribute."
+                    "MirroredStrategy: every GPU of this machine, or its --cpu_devices) or "
+                    "multi_worker (MultiWorkerMirroredStrategy: a cluster described by TF_CONFIG; "
+                    "run the same command on every worker, with the same --logdir on a shared "
+                    "file system: the chief writes the run, every worker resumes from it). "
+                    "--batch_size is the global batch, split evenly over the replicas; the L2RW "
+                    "weights are the global batch's, as on one device (README: Scaling out).")
+flags.DEFINE_integer("cpu_devices", None, "--distribute=mirrored on a machine without GPUs: split "
+                     "the CPU into this many logical devices, one replica each (for trying and "
+                     "testing multi-device runs).")
+flags.DEFINE_bool("sync_batch_norm", False, "ResNets: BatchNormalization(synchronized=True), batch "
+                  "statistics of the global batch under --distribute (exact); without it each "
+                  "replica normalises its part with its own statistics (Keras' default), which "
+                  "changes the weights and the step. Needs --meta_grad=lookahead with "
+                  "--distribute (forward mode does not pass the statistics' all-reduce).")
+flags.DEFINE_string("mixed_precision", "float32", "Keras' global dtype policy: float32, "
+                    "mixed_bfloat16 (layers compute in bfloat16, variables stay float32; CPUs "
+                    "with AVX512_BF16/AMX, TPUs, recent GPUs) or mixed_float16 (GPUs; with "
+                    "Keras' dynamic loss scaling, keras.optimizers.LossScaleOptimizer). Losses, "
+                    "alignments and weights are computed in float32 under every policy.")
 
 # Flags that define what a run computes; a run directory refuses to resume under other values.
 COMMON_RUN_FLAGS = ("task", "dataset", "model", "method", "meta_grad", "seed", "num_steps",
                     "batch_size", "clean_batch_size", "lr", "lr_boundaries", "lr_values",
-                    "momentum", "weight_decay", "clean_weight_decay")
+                    "momentum", "weight_decay", "clean_weight_decay", "mixed_precision",
+                    "sync_batch_norm")
 TASK_RUN_FLAGS = {
     "imbalance": ("hard_mining_pool", "pos_ratio", "ntrain", "nval", "ntest",
                   "original_eval_draws"),
@@ -212,6 +233,10 @@ def validate_flags():
     if f.meta_grad not in choices.META_GRADIENTS:
         raise UsageError(f"--meta_grad={f.meta_grad} is unknown; choose one of "
                          f"{', '.join(choices.META_GRADIENTS)}")
+    validate_distribute_flags()
+    if f.mixed_precision not in choices.PRECISIONS:
+        raise UsageError(f"--mixed_precision={f.mixed_precision} is unknown; choose one of "
+                         f"{', '.join(choices.PRECISIONS)}")
     other_task = NOISY_ONLY if f.task == "imbalance" else IMBALANCE_ONLY
     given = [name for name in other_task if _present(name)]
     if given:
@@ -304,12 +329,69 @@ def validate_flags():
         raise UsageError(f"--width={f.width} must be positive")
 
 
+def validate_distribute_flags():
+    """--distribute, --cpu_devices, --sync_batch_norm and TF_CONFIG (multi_worker)."""
+    f = FLAGS
+    if f.distribute not in choices.DISTRIBUTE:
+        raise UsageError(f"--distribute={f.distribute} is unknown; choose one of "
+                         f"{', '.join(choices.DISTRIBUTE)}")
+    if f.cpu_devices is not None:
+        if f.distribute != "mirrored":
+            raise UsageError(f"--cpu_devices applies to --distribute=mirrored (one machine), not "
+                             f"--distribute={f.distribute}")
+        if f.cpu_devices < 1:
+            raise UsageError(f"--cpu_devices={f.cpu_devices} must be >= 1")
+    if f.sync_batch_norm and f.model not in RESNETS:
+        raise UsageError(f"--sync_batch_norm applies to the ResNet models, not --model={f.model} "
+                         f"(which has no BatchNorm)")
+    if f.distribute == "none":
+        return
+    if f.method == "hard_mining":
+        raise UsageError("--method=hard_mining ranks its whole pool at once: not with "
+                         "--distribute; use --distribute=none")
+    if f.sync_batch_norm and f.method == "l2rw" and f.meta_grad == "jvp":
+        raise UsageError("--meta_grad=jvp does not differentiate through synchronized "
+                         "BatchNorm's all-reduce (TensorFlow's forward mode): use "
+                         "--meta_grad=lookahead with --sync_batch_norm and --distribute")
+    if f.distribute == "multi_worker":
+        if not os.environ.get("TF_CONFIG"):
+            raise UsageError("--distribute=multi_worker reads the cluster from TF_CONFIG, which "
+                             "is not set (README: Scaling out)")
+        multi_worker_chief()  # a one-line error for a malformed TF_CONFIG
+
+
+def multi_worker_chief():
+    """Whether this process is the chief of the TF_CONFIG cluster, by TensorFlow's rule: the task
+    of type "chief", or worker 0 when the cluster has none. True without TF_CONFIG or outside
+    --distribute=multi_worker. Read without TensorFlow, before it is imported."""
+    text = os.environ.get("TF_CONFIG")
+    if FLAGS.distribute != "multi_worker" or not text:
+        return True
+    try:
+        config = json.loads(text)
+        cluster, task = config["cluster"], config["task"]
+        task_type, index = task["type"], int(task.get("index", 0))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise UsageError('TF_CONFIG must be JSON {"cluster": {"worker": ["host:port", ...]}, '
+                         '"task": {"type": "worker", "index": i}}') from None
+    if task_type == "chief":
+        return True
+    return task_type == "worker" and index == 0 and "chief" not in cluster
+
+
 def run_flags():
     # --meta_grad only changes how L2RW computes its weights: a baseline run directory resumes
     # under any value of it.
-    return {name: getattr(FLAGS, name)
-            for name in COMMON_RUN_FLAGS + TASK_RUN_FLAGS[FLAGS.task]
-            if name != "meta_grad" or FLAGS.method == "l2rw"}
+    recorded = {name: getattr(FLAGS, name)
+                for name in COMMON_RUN_FLAGS + TASK_RUN_FLAGS[FLAGS.task]
+                if name != "meta_grad" or FLAGS.method == "l2rw"}
+    # float32 (no mixed precision) is recorded as unset: run directories from before the flag
+    # hold none and resume under it.
+    if recorded["mixed_precision"] == "float32":
+        recorded["mixed_precision"] = None
+    if not recorded["sync_batch_norm"]:  # off is recorded as unset, likewise
+        recorded["sync_batch_norm"] = None
+    return recorded
 
 
 LOCK_NAME = "running.pid"
@@ -484,11 +566,12 @@ def build_data():
 def build_training(experiment, preprocess, augment):
     """Model, optimizer, noisy and clean input pipelines and evaluation of the flags, on the
     arrays of `experiment` (l2rw_tf.cleanlab_eval trains on parts of the training set)."""
-    from l2rw_tf import data, models, reweight, train
+    from l2rw_tf import data, models, precision, reweight, train
     f = FLAGS
     model = models.build_model(f.model, experiment.num_classes, experiment.input_shape,
                                seed=f.seed, weight_decay=f.weight_decay, dropout=f.dropout,
-                               bn_momentum=f.bn_momentum, units=f.units, width=f.width)
+                               bn_momentum=f.bn_momentum, units=f.units, width=f.width,
+                               sync_batch_norm=f.sync_batch_norm or None)
     if f.method == "l2rw" and f.meta_grad == "layerwise":
         try:
             reweight.layerwise_layers(model)
@@ -499,7 +582,9 @@ def build_training(experiment, preprocess, augment):
         lr = f.finetune_lr
     else:
         lr = train.learning_rate(f.lr, f.lr_boundaries, f.lr_values)
-    optimizer = train.TF1Momentum(lr, momentum=f.momentum)
+    # Under mixed_float16, Keras' dynamic loss scaling around it (train.make_train_step).
+    optimizer = precision.with_loss_scaling(train.TF1Momentum(lr, momentum=f.momentum),
+                                            f.mixed_precision)
     # Noisy batches from the noisy set, or from the clean set for clean_only / finetune.
     if f.method in train.TRAINS_ON_CLEAN_SET:
         source = (experiment.clean_images, experiment.clean_labels, None)
@@ -575,8 +660,11 @@ def main(argv, stop_at_step=None):
             text = fh.read()
         print(f"{run_dir} is complete: {text}")
         return json.loads(text)
-    check_lock(run_dir)
-    return train_run(run_dir, result_path, stop_at_step)
+    if multi_worker_chief():  # the other workers of a cluster only read the chief's run
+        check_lock(run_dir)
+    from l2rw_tf import precision  # imports Keras: only after the checks that need none
+    with precision.global_policy(FLAGS.mixed_precision):  # the model is built under it
+        return train_run(run_dir, result_path, stop_at_step)
 
 
 def check_lock(run_dir):
@@ -596,7 +684,11 @@ def train_run(run_dir, result_path, stop_at_step=None):
     import keras
     import tensorflow as tf
     import l2rw_tf
-    from l2rw_tf import data, step, train
+    from l2rw_tf import data, distribute, step, train
+    if f.cpu_devices:  # before anything initialises TensorFlow's devices
+        distribute.use_cpu_devices(f.cpu_devices)
+    strategy = distribute.make_strategy(f.distribute)
+    chief = multi_worker_chief()
     init_fn = None
     if f.method == "finetune":
         source = finetune_source(f.finetune_from)
@@ -604,10 +696,17 @@ def train_run(run_dir, result_path, stop_at_step=None):
     if f.deterministic:
         tf.config.experimental.enable_op_determinism()
     try:
-        experiment, model, optimizer, train_ds, clean_ds, evaluate, preprocess = \
-            build_experiment()
+        with strategy.scope():  # model and optimizer variables mirrored on every replica
+            experiment, model, optimizer, train_ds, clean_ds, evaluate, preprocess = \
+                build_experiment()
     except data.DataError as e:
         raise UsageError(str(e)) from None
+    replicas = strategy.num_replicas_in_sync
+    for name, size in (("--batch_size", f.batch_size),
+                       ("the clean batch size", clean_ds.element_spec["label"].shape[0])):
+        if size % replicas:
+            raise UsageError(f"{name}={size} does not split evenly over the {replicas} replicas "
+                             f"of --distribute={f.distribute}; make it a multiple of {replicas}")
     if f.method == "finetune":
         def init_fn():
             tf.train.Checkpoint(model=model).restore(source).expect_partial() \
@@ -625,24 +724,29 @@ def train_run(run_dir, result_path, stop_at_step=None):
                              seed=f.seed,
                              background_class=experiment.info.get("background_class") or 0,
                              background_weight=experiment.info.get("background_weight", 1.0))
-    with run_dir_lock(run_dir):
+    # A multi-worker cluster's other workers neither lock nor write the run directory.
+    with run_dir_lock(run_dir) if chief else contextlib.nullcontext():
         # The inputs are recorded beside the flags (not compared on resume: they follow from them).
-        train.write_json(flags_path, {**run_flags(), **inputs})
+        if chief:
+            train.write_json(flags_path, {**run_flags(), **inputs})
         print(f"run directory {run_dir}: {experiment.info}; inputs {inputs['input_shape']} "
-              f"scaled to {inputs['pixel_range']}", flush=True)
+              f"scaled to {inputs['pixel_range']}; {replicas} replica(s)", flush=True)
         try:
             final = train.train(
                 model, optimizer, train_ds, clean_ds, evaluate, run_dir, f.num_steps, config,
                 eval_interval=f.eval_interval, checkpoint_interval=f.checkpoint_interval,
                 log=lambda msg: print(msg, flush=True), stop_at_step=stop_at_step,
-                init_fn=init_fn, examples=examples, label_probability=label_probability)
+                init_fn=init_fn, examples=examples, label_probability=label_probability,
+                strategy=strategy)
         except (train.Diverged, train.UnreadableCheckpoint) as e:
             raise UsageError(str(e)) from None
         except train.Interrupted as e:
             raise Stopped(e.signum, str(e)) from None
         final["data"] = {**experiment.info, **inputs}
         final["runtime"] = l2rw_tf.runtime()
-        train.write_json(result_path, final)
+        final["replicas"] = replicas
+        if chief:
+            train.write_json(result_path, final)
     print(f"final: {json.dumps(train.finite_or_null(final))}", flush=True)
     return final
 

@@ -42,17 +42,39 @@ tape's own, IndexedSlices included, which Keras optimizers take as they are.
 Dtypes: nothing here is float32 by default. Constants take the dtype of the tensor they meet (ε
 that of the per-example losses; absent regularisation is no term at all rather than a float32
 zero), so a float64 model runs in float64 throughout and the weights come out in the losses' dtype.
+Under a mixed-precision policy (mixed_bfloat16, mixed_float16: layers compute in half precision,
+variables stay float32) the losses are computed in float32 from the half-precision outputs
+(`at_least_float32`), and the alignments and their normalisation are accumulated in float32: a
+float16 sum of products of gradients underflows or overflows, a bfloat16 one keeps 8 bits. A loss
+scale S (mixed_float16, precision.py) multiplies every alignment of a batch by the same factor
+(S² for `layerwise`, S for `lookahead`, 1 for `jvp`, whose forward-mode direction is unscaled:
+`tangent_direction`), which the normalisation removes. Every function that differentiates takes
+S as `loss_scale` (None: no scaling): it multiplies the objective it differentiates (noisy
+losses, clean meta loss, regularisation alike), and the gradients it returns are scaled by it
+(the LossScaleOptimizer divides them); the losses it returns are not.
 """
 from typing import NamedTuple
 
 import keras
 import tensorflow as tf
 
+from l2rw_tf import distribute
 from l2rw_tf.choices import META_GRADIENTS  # noqa: F401 -- jvp, lookahead, layerwise
 
 
+def at_least_float32(tensor):
+    """`tensor` in float32 if it is in half precision (float16 / bfloat16: the outputs of a model
+    under a mixed policy), else as it is (float32, float64). Losses and the sums of the weights
+    are computed from it, as Keras computes its losses in float32 under a mixed policy."""
+    if tensor.dtype in (tf.float16, tf.bfloat16):
+        return tf.cast(tensor, tf.float32)
+    return tensor
+
+
 def per_example_loss(labels, logits):
-    """Cross-entropy per example: sigmoid for a single logit (binary task), softmax otherwise."""
+    """Cross-entropy per example: sigmoid for a single logit (binary task), softmax otherwise.
+    Computed in float32 from half-precision logits (`at_least_float32`)."""
+    logits = at_least_float32(logits)
     if logits.shape[-1] == 1:
         labels = tf.cast(tf.reshape(labels, [-1]), logits.dtype)
         return tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits[:, 0])
@@ -83,10 +105,17 @@ def scaled(losses, sample_weight):
     return losses if sample_weight is None else losses * tf.cast(sample_weight, losses.dtype)
 
 
+def times_loss_scale(x, loss_scale):
+    """`x` times the loss scale, or `x` when there is none (None)."""
+    return x if loss_scale is None else x * tf.cast(loss_scale, x.dtype)
+
+
 def normalize_weights(raw_weights):
-    """w = max(raw, 0) / (Σ max(raw, 0) + δ): all-zero weights stay all zero."""
-    clipped = tf.maximum(raw_weights, 0.0)
-    total = tf.reduce_sum(clipped)
+    """w = max(raw, 0) / (Σ max(raw, 0) + δ): all-zero weights stay all zero. Summed in at least
+    float32, whatever the alignments were computed in. Under a strategy, Σ is the global batch's
+    (an all-reduce of one float, distribute.py)."""
+    clipped = tf.maximum(at_least_float32(raw_weights), 0.0)
+    total = distribute.replica_sum(tf.reduce_sum(clipped))
     return clipped / (total + tf.cast(tf.equal(total, 0.0), total.dtype))
 
 
@@ -140,15 +169,17 @@ def forward(model, params, x, return_losses=False, clean=False):
     return logits
 
 
-def clean_loss(model, params, clean_batch, include_regularization, loss_fn=per_example_loss):
+def clean_loss(model, params, clean_batch, include_regularization, loss_fn=per_example_loss,
+               loss_scale=None):
     """l_g at `params`: the mean clean loss, plus the model's regularisation losses
-    (e.g. weight decay, as the original CIFAR code) when `include_regularization`."""
+    (e.g. weight decay, as the original CIFAR code) when `include_regularization`; times
+    `loss_scale` if given."""
     x, y = clean_batch[:2]
     logits, reg_losses = forward(model, params, x, return_losses=True, clean=True)
     loss = tf.reduce_mean(loss_fn(y, logits))
     if include_regularization and reg_losses:
         loss += tf.add_n(reg_losses)
-    return loss
+    return times_loss_scale(loss, loss_scale)
 
 
 def current_params(model):
@@ -156,7 +187,7 @@ def current_params(model):
 
 
 def _lookahead(model, noisy_batch, clean_batch, include_regularization, step_size,
-               keep_tape=False, loss_fn=per_example_loss):
+               keep_tape=False, loss_fn=per_example_loss, loss_scale=None):
     """Algorithm 1 at ε = 0: −∂l_g(θ̂(ε))/∂ε through the look-ahead θ̂ = θ − α∇θ Σ ε_i C_i.
     Returns (alignment, inner tape (persistent if `keep_tape`), params, per-example losses,
     regularisation loss (None without one), updated non-trainable values, outputs) so that the
@@ -172,32 +203,55 @@ def _lookahead(model, noisy_batch, clean_batch, include_regularization, step_siz
             regularization = tf.add_n(reg_losses) if reg_losses else None
             eps = tf.zeros_like(losses)  # ε = 0, in the losses' dtype
             outer.watch(eps)
-            noisy_loss = tf.reduce_sum(eps * losses)
+            noisy_loss = tf.reduce_sum(eps * times_loss_scale(losses, loss_scale))
         grads = inner.gradient(noisy_loss, params,
                                unconnected_gradients=tf.UnconnectedGradients.ZERO)
         # θ̂ = θ − α∇θ l_f. An Embedding's gradient is an IndexedSlices (the batch's rows), which
         # does not scale or subtract: made dense, as θ̂ is (the densifying op is differentiable).
+        # With a loss scale S the gradient is S·∇θ l_f, and the step α/S: the same θ̂, and what
+        # the outer gradient carries back through the noisy pass (in half precision) has the
+        # magnitude of an unscaled pass's; S times larger, it would overflow float16.
+        if loss_scale is not None:
+            step_size = step_size / tf.cast(loss_scale, losses.dtype)
         lookahead_params = [p - step_size * tf.convert_to_tensor(g) for p, g in zip(params, grads)]
+        # Under a strategy the clean loss's gradient at θ̂ is averaged over the replicas: the
+        # global clean batch's (distribute.py).
+        lookahead_params = distribute.with_replica_mean_gradient(lookahead_params)
         meta_loss = clean_loss(model, lookahead_params, clean_batch, include_regularization,
-                               loss_fn)
+                               loss_fn, loss_scale)
     alignment = -outer.gradient(meta_loss, eps)
     return alignment, inner, params, losses, regularization, new_non_trainable, logits
 
 
 def lookahead_alignment(model, noisy_batch, clean_batch, include_regularization=False,
-                        step_size=1.0, loss_fn=per_example_loss):
+                        step_size=1.0, loss_fn=per_example_loss, loss_scale=None):
     """−∂l_g(θ̂(ε))/∂ε at ε = 0, by differentiating through the look-ahead step (Algorithm 1)."""
     return _lookahead(model, noisy_batch, clean_batch, include_regularization, step_size,
-                      loss_fn=loss_fn)[0]
+                      loss_fn=loss_fn, loss_scale=loss_scale)[0]
 
 
 def clean_gradient(model, params, clean_batch, include_regularization=False,
-                   loss_fn=per_example_loss):
-    """v = ∇θ l_g(θ), the direction every example's gradient is compared with."""
+                   loss_fn=per_example_loss, loss_scale=None):
+    """v = ∇θ l_g(θ), the direction every example's gradient is compared with (times
+    `loss_scale` if given). Under a strategy, the mean of the replicas' clean gradients: the
+    global clean batch's (an all-reduce of |θ| floats, distribute.py)."""
     with tf.GradientTape() as tape:
         tape.watch(params)
-        meta_loss = clean_loss(model, params, clean_batch, include_regularization, loss_fn)
-    return tape.gradient(meta_loss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        meta_loss = clean_loss(model, params, clean_batch, include_regularization, loss_fn,
+                               loss_scale)
+    return distribute.replica_mean(
+        tape.gradient(meta_loss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO))
+
+
+def tangent_direction(clean_grads, loss_scale):
+    """The clean gradient (of the loss times `loss_scale`, if given) as the direction of a
+    forward-mode product: divided by the scale, in float32. The tangents the forward pass then
+    carries in half precision have the magnitudes of an unscaled pass; S times larger, they
+    would overflow float16 (the backward pass, not this one, needs the scale against underflow).
+    """
+    if loss_scale is None:
+        return clean_grads
+    return [g / tf.cast(loss_scale, g.dtype) for g in clean_grads]
 
 
 def after(tensors, x):
@@ -209,12 +263,14 @@ def after(tensors, x):
 
 
 def jvp_alignment(model, noisy_batch, clean_batch, include_regularization=False,
-                  loss_fn=per_example_loss):
+                  loss_fn=per_example_loss, loss_scale=None):
     """⟨∇θ C_i, ∇θ l_g⟩ for every i at once: the JVP of the loss vector along the clean gradient.
-    Equal to −∂l_g/∂ε_i at ε = 0 with α = 1 (the look-ahead's step size)."""
+    Equal to −∂l_g/∂ε_i at ε = 0 with α = 1 (the look-ahead's step size). With a loss scale,
+    the clean gradient is that of the scaled clean loss, unscaled (`tangent_direction`)."""
     x, y, sample_weight = unpack(noisy_batch)
     params = current_params(model)
-    direction = clean_gradient(model, params, clean_batch, include_regularization, loss_fn)
+    direction = tangent_direction(clean_gradient(
+        model, params, clean_batch, include_regularization, loss_fn, loss_scale), loss_scale)
     x = after(direction, x)
     with tf.autodiff.ForwardAccumulator(params, direction) as acc:
         losses = scaled(loss_fn(y, forward(model, params, x)), sample_weight)
@@ -256,20 +312,21 @@ def layerwise_layers(model):
     return chain
 
 
-def _regularization_gradients(model):
-    """(Σ model.losses, {id(variable): its gradient}), or (None, {}) for a model without
-    regularisation losses."""
+def _regularization_gradients(model, loss_scale=None):
+    """(Σ model.losses, {id(variable): its gradient, times `loss_scale` if given}), or (None, {})
+    for a model without regularisation losses."""
     if not model.losses:
         return None, {}
     variables = model.trainable_variables
     with tf.GradientTape() as tape:
         regularization = tf.add_n(model.losses)
-    grads = tape.gradient(regularization, variables)
+        scaled_regularization = times_loss_scale(regularization, loss_scale)
+    grads = tape.gradient(scaled_regularization, variables)
     return regularization, {id(v): g for v, g in zip(variables, grads) if g is not None}
 
 
 def _layerwise_pass(model, noisy_batch, clean_batch, regularization_grads,
-                    loss_fn=per_example_loss):
+                    loss_fn=per_example_loss, loss_scale=None):
     """The noisy and the clean batch in one forward and one backward pass, layer by layer.
 
     Examples are independent, so the gradient of Σ_i C_i (noisy) + mean_j C_j (clean) holds every
@@ -277,7 +334,8 @@ def _layerwise_pass(model, noisy_batch, clean_batch, regularization_grads,
     than two over n and m. Each layer's clean gradient is contracted from the clean rows, then
     ⟨∇θ C_i, ∇θ l_g⟩ = Σ_layers ⟨δ_i, a_i ∗ V + v_b⟩ from the noisy rows.
     `regularization_grads` ({id(variable): gradient}, empty for none) is added to the clean
-    gradient. Returns the noisy per-example losses, their alignments and, per parameter layer,
+    gradient (scaled as the objective: by `loss_scale`, if given, which scales every δ).
+    Returns the noisy per-example losses, their alignments and, per parameter layer,
     (layer, noisy input a, noisy output gradient δ) for the weighted gradient, and the noisy
     rows' outputs."""
     chain = layerwise_layers(model)  # a clear ValueError for the models it does not apply to
@@ -297,26 +355,36 @@ def _layerwise_pass(model, noisy_batch, clean_batch, regularization_grads,
             h = layer.activation(z)
         losses = loss_fn(tf.concat([y, tf.cast(clean_y, y.dtype)], axis=0), h)
         noisy_losses = scaled(losses[:n], sample_weight)
-        objective = tf.reduce_sum(noisy_losses) + tf.reduce_mean(losses[n:])
+        objective = times_loss_scale(tf.reduce_sum(noisy_losses) + tf.reduce_mean(losses[n:]),
+                                     loss_scale)
     deltas = tape.gradient(objective, [z for _, _, z in records])
     direction = {}  # id(variable) -> its part of ∇θ l_g
     for (layer, a, _), delta in zip(records, deltas):
         direction.update(_layer_gradient(layer, a[n:], delta[n:]))
     for key, grad in regularization_grads.items():
         direction[key] += grad
-    alignment = tf.zeros_like(noisy_losses)
+    # Under a strategy: the global clean batch's gradient, the mean of the replicas'.
+    direction = dict(zip(direction, distribute.replica_mean(list(direction.values()))))
+    # The alignments in at least float32: each sums many products, which half precision (a
+    # mixed policy's compute dtype) would round (bfloat16) or overflow (float16).
+    alignment = at_least_float32(tf.zeros_like(noisy_losses))
     noisy_layers = []
     for (layer, a, _), delta in zip(records, deltas):
         a, delta = a[:n], delta[:n]
-        along = _linear(layer, a, direction[id(layer.kernel)],
+        along = _linear(layer, tf.cast(a, alignment.dtype), direction[id(layer.kernel)],
                         direction[id(layer.bias)] if layer.use_bias else None)
-        alignment += tf.reduce_sum(tf.reshape(along * delta, [n, -1]), axis=1)
+        alignment += tf.reduce_sum(
+            tf.reshape(along * tf.cast(delta, alignment.dtype), [n, -1]), axis=1)
         noisy_layers.append((layer, a, delta))
     return noisy_losses, alignment, noisy_layers, h[:n]
 
 
 def _linear(layer, inputs, kernel, bias):
-    """A Dense / Conv2D layer's output before its activation, with the given kernel and bias."""
+    """A Dense / Conv2D layer's output before its activation, with the given kernel and bias, in
+    the dtype of `inputs` (under a mixed policy the float32 kernel and bias are cast to the
+    layer's compute dtype, as the layer's own call does)."""
+    kernel = tf.cast(kernel, inputs.dtype)
+    bias = None if bias is None else tf.cast(bias, inputs.dtype)
     if isinstance(layer, keras.layers.Dense):
         z = tf.matmul(inputs, kernel)
     else:
@@ -326,7 +394,8 @@ def _linear(layer, inputs, kernel, bias):
 
 def _layer_gradient(layer, inputs, output_gradients):
     """{id(variable): gradient} of a Dense / Conv2D layer's kernel and bias, given its inputs and
-    the gradients of its (pre-activation) outputs."""
+    the gradients of its (pre-activation) outputs. The gradients are in the variables' dtype
+    (float32 under a mixed policy, whose layers compute in half precision)."""
     kernel = layer.kernel.value
     with tf.GradientTape() as tape:  # only the kernel's gradient op is kept in the graph
         tape.watch(kernel)
@@ -334,48 +403,56 @@ def _layer_gradient(layer, inputs, output_gradients):
     grads = {id(layer.kernel): tape.gradient(z, kernel, output_gradients=output_gradients)}
     if layer.use_bias:
         channels = output_gradients.shape[-1]
-        grads[id(layer.bias)] = tf.reduce_sum(tf.reshape(output_gradients, [-1, channels]), axis=0)
+        grads[id(layer.bias)] = tf.reduce_sum(
+            tf.cast(tf.reshape(output_gradients, [-1, channels]), layer.bias.dtype), axis=0)
     return grads
 
 
 def layerwise_alignment(model, noisy_batch, clean_batch, include_regularization=False,
-                        loss_fn=per_example_loss):
+                        loss_fn=per_example_loss, loss_scale=None):
     """⟨∇θ C_i, ∇θ l_g⟩ for every i, layer by layer (the `layerwise` method); equals
     `jvp_alignment` on the models it applies to."""
-    regularization_grads = _regularization_gradients(model)[1] if include_regularization else {}
-    return _layerwise_pass(model, noisy_batch, clean_batch, regularization_grads, loss_fn)[1]
+    regularization_grads = (_regularization_gradients(model, loss_scale)[1]
+                            if include_regularization else {})
+    return _layerwise_pass(model, noisy_batch, clean_batch, regularization_grads, loss_fn,
+                           loss_scale)[1]
 
 
 def layerwise_l2rw_gradients(model, noisy_batch, clean_batch, include_regularization=False,
-                             loss_fn=per_example_loss):
+                             loss_fn=per_example_loss, loss_scale=None):
     """The whole L2RW step's gradient by the `layerwise` method (the fastest exact way on the
     models it applies to): one forward and one backward pass over the noisy and clean batches
     together, and the weighted gradient of each layer contracted from its inputs and its δ_i·w_i,
     over the examples of nonzero weight only (L2RW sets many to zero; they add nothing). Returns
     a `StepGradients` (no non-trainable state: the models it applies to have none)."""
     # The regularisation gradient serves the clean meta loss (if asked) and the real step.
-    regularization, regularization_grads = _regularization_gradients(model)
+    regularization, regularization_grads = _regularization_gradients(model, loss_scale)
     losses, alignment, layers, outputs = _layerwise_pass(
         model, noisy_batch, clean_batch, regularization_grads if include_regularization else {},
-        loss_fn)
+        loss_fn, loss_scale)
     weights = tf.stop_gradient(normalize_weights(alignment))
-    kept = tf.where(weights > 0.0)[:, 0]
+    # Nonzero, not positive: a NaN weight (float16 overflowed in the meta pass) must reach the
+    # gradients, so that a LossScaleOptimizer skips the step and lowers its scale.
+    kept = tf.where(tf.not_equal(weights, 0.0))[:, 0]
     kept_weights = tf.gather(weights, kept)
     grads = {}
     for layer, a, delta in layers:
-        scale = tf.reshape(kept_weights, [-1] + [1] * (len(delta.shape) - 1))
+        scale = tf.reshape(tf.cast(kept_weights, delta.dtype),
+                           [-1] + [1] * (len(delta.shape) - 1))
         grads.update(_layer_gradient(layer, tf.gather(a, kept), tf.gather(delta, kept) * scale))
+    # Under a strategy each replica adds 1/R of the regularisation: the optimizer sums the
+    # replicas' gradients (distribute.replica_share).
     for key, grad in regularization_grads.items():
-        grads[key] += grad
+        grads[key] += distribute.replica_share(grad)
     grads = [grads[id(v)] for v in model.trainable_variables]
     loss = tf.reduce_sum(weights * losses)
     if regularization is not None:
-        loss += regularization
+        loss += distribute.replica_share(regularization)
     return StepGradients(grads, weights, losses, loss, outputs=outputs)
 
 
 def example_weights(model, noisy_batch, clean_batch, meta_grad="jvp",
-                    include_regularization=False, loss_fn=per_example_loss):
+                    include_regularization=False, loss_fn=per_example_loss, loss_scale=None):
     """The L2RW weights of the noisy batch: a constant vector (stop-gradient) summing to 1 or 0.
 
     model: a built Keras model (outputs as `loss_fn` takes them; default: logits).
@@ -384,31 +461,34 @@ def example_weights(model, noisy_batch, clean_batch, meta_grad="jvp",
     "layerwise" (per-layer inner products; BN- and dropout-free chain models only).
     include_regularization: add `model.losses` (weight decay) to the clean meta loss.
     loss_fn(labels, outputs): the per-example loss C_i, a vector (default: cross-entropy).
+    loss_scale: mixed_float16's loss scale S (None: none); the weights are the same.
     """
     if meta_grad not in ALIGNMENTS:
         raise ValueError(f"unknown meta_grad {meta_grad!r}: choose one of {META_GRADIENTS}")
     alignment = ALIGNMENTS[meta_grad](model, noisy_batch, clean_batch, include_regularization,
-                                      loss_fn=loss_fn)
+                                      loss_fn=loss_fn, loss_scale=loss_scale)
     return tf.stop_gradient(normalize_weights(alignment))
 
 
 def fused_lookahead_gradients(model, noisy_batch, clean_batch, include_regularization=False,
-                              step_size=1.0, loss_fn=per_example_loss):
+                              step_size=1.0, loss_fn=per_example_loss, loss_scale=None):
     """Algorithm 1 and the weighted step from one noisy forward pass: the look-ahead's inner tape
     (kept) is differentiated a second time, with the weights, for the real step (instead of a
     second forward pass). Returns a `StepGradients`, like `fused_l2rw_gradients`."""
     alignment, inner, params, losses, regularization, new_non_trainable, outputs = _lookahead(
         model, noisy_batch, clean_batch, include_regularization, step_size, keep_tape=True,
-        loss_fn=loss_fn)
+        loss_fn=loss_fn, loss_scale=loss_scale)
     weights = tf.stop_gradient(normalize_weights(alignment))
     # ∇θ(Σ w_i C_i + regularisation) through the recorded pass: output gradients (w, 1). Sparse
     # gradients stay IndexedSlices, as the tape (and `fused_l2rw_gradients`) returns them.
-    targets, output_gradients = [losses], [weights]
+    # (Output gradients times the loss scale: the gradients of the scaled objective.)
+    targets, output_gradients = [losses], [times_loss_scale(weights, loss_scale)]
     loss = tf.reduce_sum(weights * losses)
-    if regularization is not None:
+    if regularization is not None:  # 1/R of it per replica under a strategy (replica_share)
         targets.append(regularization)
-        output_gradients.append(tf.ones_like(regularization))
-        loss += regularization
+        output_gradients.append(times_loss_scale(
+            distribute.replica_share(tf.ones_like(regularization)), loss_scale))
+        loss += distribute.replica_share(regularization)
     grads = inner.gradient(targets, params, output_gradients=output_gradients,
                            unconnected_gradients=tf.UnconnectedGradients.ZERO)
     del inner
@@ -416,7 +496,7 @@ def fused_lookahead_gradients(model, noisy_batch, clean_batch, include_regulariz
 
 
 def fused_l2rw_gradients(model, noisy_batch, clean_batch, include_regularization=False,
-                         loss_fn=per_example_loss):
+                         loss_fn=per_example_loss, loss_scale=None):
     """The whole L2RW step's gradient with one noisy forward pass (the fast path).
 
     The training-mode forward pass of the real step is run under a `ForwardAccumulator` along the
@@ -431,7 +511,8 @@ def fused_l2rw_gradients(model, noisy_batch, clean_batch, include_regularization
     """
     x, y, sample_weight = unpack(noisy_batch)
     params = current_params(model)
-    direction = clean_gradient(model, params, clean_batch, include_regularization, loss_fn)
+    direction = tangent_direction(clean_gradient(
+        model, params, clean_batch, include_regularization, loss_fn, loss_scale), loss_scale)
     x = after(direction, x)
     with tf.GradientTape() as tape:
         tape.watch(params)
@@ -442,9 +523,11 @@ def fused_l2rw_gradients(model, noisy_batch, clean_batch, include_regularization
         weights = tf.stop_gradient(normalize_weights(
             acc.jvp(losses, unconnected_gradients=tf.UnconnectedGradients.ZERO)))
         loss = tf.reduce_sum(weights * losses)
-        if reg_losses:
-            loss += tf.add_n(reg_losses)
-    grads = tape.gradient(loss, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        if reg_losses:  # 1/R of it per replica under a strategy (distribute.replica_share)
+            loss += distribute.replica_share(tf.add_n(reg_losses))
+        scaled_loss = times_loss_scale(loss, loss_scale)
+    grads = tape.gradient(scaled_loss, params,
+                          unconnected_gradients=tf.UnconnectedGradients.ZERO)
     return StepGradients(grads, weights, losses, loss, new_non_trainable, logits)
 
 

@@ -6,7 +6,14 @@ the two cannot drift apart. A batch is an (inputs, labels) pair; `loss_fn(labels
 the per-example losses C_i (default: cross-entropy, `reweight.per_example_loss`); a noisy batch
 may carry per-example sample weights as a third element (x, y, s), which scale its C_i. The step's
 forward pass is a training-mode one, so it updates BatchNorm moving statistics; the caller
-applies the gradients.
+applies the gradients. `loss_scale` (mixed_float16's dynamic loss scale, precision.py; None: none)
+multiplies everything the step differentiates, so the gradients come out scaled by it for the
+LossScaleOptimizer to divide; weights and losses come out as without it.
+
+Under a tf.distribute strategy the same step runs on every replica, on its part of the global
+batch (distribute.py): the weights are the global batch's, and the gradients each replica returns
+sum, in the optimizer's all-reduce, to the one-device gradient (1/R of the regularisation each).
+The loss a replica returns is its part of the global loss (their sum).
 
 Methods (`STEPS`, whose keys are the CLI's `--method` choices):
 * `l2rw`: the example weights of Algorithm 1 (reweight.py), fused with the weighted step.
@@ -19,7 +26,7 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
-from l2rw_tf import choices, reweight
+from l2rw_tf import choices, distribute, reweight
 from l2rw_tf.reweight import StepGradients, per_example_loss
 
 
@@ -35,23 +42,25 @@ class StepConfig:
     fused: bool = True               # l2rw: one noisy forward pass for weights and step
 
 
-def l2rw_step(model, config, noisy, clean, rng, loss_fn):
+def l2rw_step(model, config, noisy, clean, rng, loss_fn, loss_scale=None):
     """The L2RW step: fused, one noisy forward pass gives the weights and the weighted step;
     unfused (benchmarks), `reweight.example_weights` and then the weighted step."""
     if not config.fused:
         weights = reweight.example_weights(model, noisy, clean, config.meta_grad,
-                                           config.clean_weight_decay, loss_fn)
-        return weighted_step(model, weights, noisy, loss_fn)
+                                           config.clean_weight_decay, loss_fn, loss_scale)
+        return weighted_step(model, weights, noisy, loss_fn, loss_scale)
     result = reweight.FUSED_STEPS[config.meta_grad](model, noisy, clean,
-                                                    config.clean_weight_decay, loss_fn=loss_fn)
+                                                    config.clean_weight_decay, loss_fn=loss_fn,
+                                                    loss_scale=loss_scale)
     if result.non_trainable is not None:  # BN moving statistics, dropout seed states
         for variable, value in zip(model.non_trainable_variables, result.non_trainable):
             variable.assign(value)
     return result
 
 
-def weighted_step(model, weights, noisy, loss_fn=per_example_loss):
-    """∇θ (Σ_i w_i C_i + regularisation) for given weights, from a training-mode forward pass."""
+def weighted_step(model, weights, noisy, loss_fn=per_example_loss, loss_scale=None):
+    """∇θ (Σ_i w_i C_i + regularisation) for given weights, from a training-mode forward pass
+    (times `loss_scale`, if given)."""
     weights = tf.stop_gradient(weights)
     x, y, sample_weight = reweight.unpack(noisy)
     # The forward pass starts once the weights exist: run side by side with the L2RW meta passes,
@@ -61,42 +70,46 @@ def weighted_step(model, weights, noisy, loss_fn=per_example_loss):
         outputs = model(x, training=True)
         losses = reweight.scaled(loss_fn(y, outputs), sample_weight)
         loss = tf.reduce_sum(tf.cast(weights, losses.dtype) * losses)
-        if model.losses:
-            loss += tf.add_n(model.losses)
-    return StepGradients(tape.gradient(loss, model.trainable_variables), weights, losses, loss,
-                         outputs=outputs)
+        if model.losses:  # 1/R of it per replica under a strategy (distribute.replica_share)
+            loss += distribute.replica_share(tf.add_n(model.losses))
+        scaled_loss = reweight.times_loss_scale(loss, loss_scale)
+    return StepGradients(tape.gradient(scaled_loss, model.trainable_variables), weights, losses,
+                         loss, outputs=outputs)
 
 
 def uniform_weights(labels):
-    n = tf.shape(labels)[0]
-    return tf.fill([n], 1.0 / tf.cast(n, tf.float32))
+    """1/N for each of the N examples of the global batch (under a strategy, R replicas of n)."""
+    n = tf.shape(labels)[0] * distribute.num_replicas()
+    return tf.fill([tf.shape(labels)[0]], 1.0 / tf.cast(n, tf.float32))
 
 
-def uniform_step(model, config, noisy, clean, rng, loss_fn):
-    return weighted_step(model, uniform_weights(noisy[1]), noisy, loss_fn)  # noqa: ARG001
+def uniform_step(model, config, noisy, clean, rng, loss_fn, loss_scale=None):
+    return weighted_step(model, uniform_weights(noisy[1]), noisy, loss_fn,  # noqa: ARG001
+                         loss_scale)
 
 
-def random_step(model, config, noisy, clean, rng, loss_fn):
+def random_step(model, config, noisy, clean, rng, loss_fn, loss_scale=None):
     """The paper's random-weight baseline: w̃ = max(N(0, 1), 0), normalised."""
     return weighted_step(model, reweight.normalize_weights(rng.normal([tf.shape(noisy[1])[0]])),
-                         noisy, loss_fn)
+                         noisy, loss_fn, loss_scale)
 
 
-def ratio_step(model, config, noisy, clean, rng, loss_fn):
+def ratio_step(model, config, noisy, clean, rng, loss_fn, loss_scale=None):
     """The original's proportion weighting (not normalised): p for 4s (label 0), 1 − p for 9s."""
     y = tf.cast(noisy[1], tf.float32)
     return weighted_step(model, config.pos_ratio * (1.0 - y) + (1.0 - config.pos_ratio) * y,
-                         noisy, loss_fn)
+                         noisy, loss_fn, loss_scale)
 
 
-def background_step(model, config, noisy, clean, rng, loss_fn):
+def background_step(model, config, noisy, clean, rng, loss_fn, loss_scale=None):
     """The original's "Weighted" BackgroundFlip baseline: examples labelled with the background
     class get its clean fraction as weight, the others 1, normalised to sum 1 over the batch.
     (The original takes the batch's most frequent label as the background class and writes 1/C
     as 0.1; we use the known class and 1/C, the same on CIFAR-10.)"""
     is_background = tf.equal(tf.cast(noisy[1], tf.int64), config.background_class)
     raw = tf.where(is_background, tf.constant(config.background_weight, tf.float32), 1.0)
-    return weighted_step(model, raw / tf.reduce_sum(raw), noisy, loss_fn)
+    return weighted_step(model, raw / distribute.replica_sum(tf.reduce_sum(raw)), noisy, loss_fn,
+                         loss_scale)
 
 
 def hard_mining_weights(model, labels, inputs, losses=None, loss_fn=per_example_loss):
@@ -118,15 +131,17 @@ def hard_mining_weights(model, labels, inputs, losses=None, loss_fn=per_example_
     return mask / tf.reduce_sum(mask)
 
 
-def hard_mining_step(model, config, noisy, clean, rng, loss_fn):
+def hard_mining_step(model, config, noisy, clean, rng, loss_fn, loss_scale=None):
     """Hard mining. On models whose examples are independent, the step runs on its kept examples
     only: the pool is 5x the batch (500, as the original) but at most 2·#minority examples carry
     weight, so the backward pass and a second forward pass run on those alone; the pass that
     ranks the pool also gives its losses."""
+    if distribute.num_replicas() > 1:
+        raise ValueError("hard_mining ranks the whole pool at once: it runs on one device only")
     x, y = noisy[:2]  # a binary-task baseline of the original: sample weights do not apply
     if not reweight.examples_are_independent(model):
         return weighted_step(model, hard_mining_weights(model, y, x, loss_fn=loss_fn), noisy,
-                             loss_fn)
+                             loss_fn, loss_scale)
     outputs = model(x, training=True)
     losses = loss_fn(y, outputs)
     weights = tf.stop_gradient(hard_mining_weights(model, y, x, losses))
@@ -136,20 +151,22 @@ def hard_mining_step(model, config, noisy, clean, rng, loss_fn):
         loss = tf.reduce_sum(tf.gather(weights, kept) * kept_losses)
         if model.losses:
             loss += tf.add_n(model.losses)
-    return StepGradients(tape.gradient(loss, model.trainable_variables), weights, losses, loss,
-                         outputs=outputs)
+        scaled_loss = reweight.times_loss_scale(loss, loss_scale)
+    return StepGradients(tape.gradient(scaled_loss, model.trainable_variables), weights, losses,
+                         loss, outputs=outputs)
 
 
 # Every method's step, by its CLI name; one signature: (model, config, noisy, clean, rng,
-# loss_fn) -> StepGradients.
+# loss_fn, loss_scale=None) -> StepGradients.
 STEPS = {"l2rw": l2rw_step, "baseline": uniform_step, "resample": uniform_step,
          "clean_only": uniform_step, "finetune": uniform_step, "random": random_step,
          "ratio": ratio_step, "weighted": background_step, "hard_mining": hard_mining_step}
 assert set(STEPS) == set(choices.METHODS)
 
 
-def step_gradients(model, config, noisy, clean, rng=None, loss_fn=per_example_loss):
+def step_gradients(model, config, noisy, clean, rng=None, loss_fn=per_example_loss,
+                   loss_scale=None):
     """One step of `config.method` on the noisy batch (x, y), with the clean batch (x, y) for
-    L2RW and `rng` (a tf.random.Generator) for `random`: a `StepGradients`. Runs inside the
-    drivers' `tf.function`."""
-    return STEPS[config.method](model, config, noisy, clean, rng, loss_fn)
+    L2RW and `rng` (a tf.random.Generator) for `random`: a `StepGradients`, its gradients times
+    `loss_scale` if given. Runs inside the drivers' `tf.function`."""
+    return STEPS[config.method](model, config, noisy, clean, rng, loss_fn, loss_scale)

@@ -10,7 +10,9 @@ import contextlib
 import csv
 import json
 import os
+import shutil
 import signal
+import tempfile
 import threading
 import time
 
@@ -18,7 +20,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from l2rw_tf import choices, reweight
+from l2rw_tf import choices, distribute, precision, reweight
 from l2rw_tf.step import step_gradients
 
 METHODS, TASK_METHODS = choices.METHODS, choices.TASK_METHODS
@@ -75,10 +77,11 @@ def learning_rate(lr, boundaries=None, values=None):
 
 def current_learning_rate(optimizer, steps_done):
     """The rate the optimizer used for its last step (0-based step steps_done - 1)."""
+    optimizer = precision.inner_optimizer(optimizer)  # a LossScaleOptimizer's is its inner one's
     lr = optimizer._learning_rate  # noqa: SLF001 -- the schedule object, not its value now
     if callable(lr):
         return float(lr(max(int(steps_done) - 1, 0)))
-    return float(optimizer.learning_rate)
+    return float(tf.convert_to_tensor(optimizer.learning_rate))  # a MirroredVariable too
 
 
 # Statistics accumulated inside the step between evaluations (sums; see `summarize`).
@@ -86,7 +89,8 @@ STAT_NAMES = ("steps", "loss", "mean_loss", "examples", "zero_weights", "minorit
               "noisy_weight", "noisy_count", "clean_weight", "clean_count")
 
 
-def make_train_step(model, optimizer, config, rng, num_examples=0, jit_compile=False):
+def make_train_step(model, optimizer, config, rng, num_examples=0, jit_compile=False,
+                    strategy=None):
     """A `tf.function` doing one step of `config.method`; it adds its statistics to `stats`.
 
     With `num_examples` > 0 (the size of the training set the batches index into), it also
@@ -95,7 +99,18 @@ def make_train_step(model, optimizer, config, rng, num_examples=0, jit_compile=F
 
     `jit_compile` compiles the step with XLA.
 
-    The step returns whether its loss, its weights and the updated parameters are all finite.
+    `strategy` (a tf.distribute strategy; default: the current one, one device outside any
+    scope): the step runs on every replica, each on its part of the global batches
+    (distribute.local_part), and equals the one-device step (distribute.py); the statistics are
+    the global batch's. The model and optimizer must have been created under its scope.
+
+    Under mixed_float16 the optimizer is a `keras.optimizers.LossScaleOptimizer`: the step's
+    gradients are those of the losses times its loss scale, which it divides out, or, when a
+    gradient overflowed, it skips the step (parameters unchanged) and halves the scale, as Keras'
+    `fit` does. A skipped step adds nothing to the statistics.
+
+    The step returns whether its loss, its weights and the updated parameters are all finite (a
+    skipped step: whether the parameters are).
 
     Returns (train_step, stats, example_stats, trace_count) where `trace_count[0]` counts traces.
     """
@@ -103,17 +118,11 @@ def make_train_step(model, optimizer, config, rng, num_examples=0, jit_compile=F
     example_stats = tf.Variable(tf.zeros([max(int(num_examples), 0), 3]), trainable=False,
                                 name="example_stats")
     trace_count = [0]
-    optimizer.build(model.trainable_variables)  # variables created in a trace would retrace
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():  # the optimizer's variables mirror the model's
+        optimizer.build(model.trainable_variables)  # variables created in a trace would retrace
 
-    @tf.function(jit_compile=jit_compile)
-    def train_step(noisy, clean):
-        trace_count[0] += 1
-        grads, weights, losses, loss = step_gradients(
-            model, config, (noisy["image"], noisy["label"]), (clean["image"], clean["label"]),
-            rng)[:4]
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
-        finite = all_finite([loss, weights] + model.trainable_variables)
-
+    def accumulate_statistics(noisy, weights, losses, loss):
         # Statistics in float32, whatever the model computes in (float64 models).
         weights, losses, loss = (tf.cast(t, tf.float32) for t in (weights, losses, loss))
         n = tf.cast(tf.size(weights), tf.float32)
@@ -129,7 +138,38 @@ def make_train_step(model, optimizer, config, rng, num_examples=0, jit_compile=F
             example_stats.scatter_nd_add(
                 tf.reshape(tf.cast(noisy["index"], tf.int64), [-1, 1]),
                 tf.stack([tf.ones_like(weights), weights * n, is_zero], axis=1))
-        return finite
+
+    def replica_step(noisy, clean):
+        """The step on this replica's part of the global batches (all of them on one device);
+        returns the global batch's weights, losses and loss, and how many replicas' gradients
+        are not finite."""
+        noisy, clean = distribute.local_part((noisy, clean))
+        loss_scale = precision.loss_scale(optimizer)  # None: no loss scaling
+        grads, weights, losses, loss = step_gradients(
+            model, config, (noisy["image"], noisy["label"]), (clean["image"], clean["label"]),
+            rng, loss_scale=loss_scale)[:4]
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        nonfinite = distribute.replica_sum(1.0 - tf.cast(all_finite(grads), tf.float32)) \
+            if loss_scale is not None else tf.constant(0.0)
+        return (distribute.replica_gather(weights), distribute.replica_gather(losses),
+                distribute.replica_sum(loss), nonfinite)
+
+    @tf.function(jit_compile=jit_compile)
+    def train_step(noisy, clean):
+        trace_count[0] += 1
+        # Every replica returns the same global values: the first one's.
+        weights, losses, loss, nonfinite = strategy.experimental_local_results(
+            strategy.run(replica_step, args=(noisy, clean)))[0]
+        if precision.loss_scale(optimizer) is None:
+            accumulate_statistics(noisy, weights, losses, loss)
+            return all_finite([loss, weights] + model.trainable_variables)
+        # A step whose scaled gradients overflowed was skipped: its loss and weights may be NaN;
+        # the parameters, which it left as they were, must not be.
+        skipped = nonfinite > 0
+        if not skipped:  # a tf.cond
+            accumulate_statistics(noisy, weights, losses, loss)
+        return tf.logical_and(all_finite(model.trainable_variables),
+                              tf.logical_or(skipped, all_finite([loss, weights])))
 
     return train_step, stats, example_stats, trace_count
 
@@ -204,7 +244,7 @@ def label_probabilities(model, preprocess, images, labels, batch_size=1000):
     single logit (label 1 = positive), else softmax."""
     @tf.function
     def probability(batch, batch_labels):
-        logits = model(preprocess(batch), training=False)
+        logits = reweight.at_least_float32(model(preprocess(batch), training=False))
         if logits.shape[-1] == 1:
             p = tf.sigmoid(logits[:, 0])
             return tf.where(tf.equal(batch_labels, 1), p, 1.0 - p)
@@ -320,7 +360,7 @@ def restore_latest(checkpoint, manager, log):
 
 def train(model, optimizer, train_ds, clean_ds, evaluate, run_dir, num_steps, config,
           eval_interval=100, checkpoint_interval=500, log=print, stop_at_step=None,
-          init_fn=None, examples=None, label_probability=None):
+          init_fn=None, examples=None, label_probability=None, strategy=None):
     """Trains for `num_steps` (resuming from `run_dir/ckpt` if there is one) and returns the
     final metrics row. `stop_at_step` simulates a crash just after that step (tests).
     `init_fn()` runs when there is nothing to resume (e.g. `finetune` loads its baseline).
@@ -329,14 +369,42 @@ def train(model, optimizer, train_ds, clean_ds, evaluate, run_dir, num_steps, co
     `label_probability()` (the final model's probability of each given label) if given.
 
     A non-finite step raises `Diverged` before anything of it is saved; SIGINT / SIGTERM save a
-    checkpoint of the step just finished and raise `Interrupted`."""
-    os.makedirs(run_dir, exist_ok=True)
+    checkpoint of the step just finished and raise `Interrupted`.
+
+    `strategy` (tf.distribute; default the current one): the model and optimizer were built
+    under its scope, each step runs on all its replicas (`make_train_step`). In a multi-worker
+    cluster every worker runs this with the same `run_dir` (a shared file system) and resumes
+    from its checkpoints, but only the chief writes there; the others save theirs (every worker
+    takes part in a save) into a temporary directory, removed at the end."""
+    strategy = strategy or tf.distribute.get_strategy()
+    args = (model, optimizer, train_ds, clean_ds, evaluate, run_dir, num_steps, config,
+            eval_interval, checkpoint_interval, log, stop_at_step, init_fn, examples,
+            label_probability, strategy)
+    if not distribute.is_chief(strategy):
+        return _train_as_worker(*args)
+    return _train(*args, write_dir=run_dir)
+
+
+def _train_as_worker(*args):
+    """`_train` of a non-chief worker: its files go to a temporary directory, removed after."""
+    write_dir = tempfile.mkdtemp(prefix="l2rw_worker_")
+    try:
+        return _train(*args, write_dir=write_dir)
+    finally:
+        shutil.rmtree(write_dir, ignore_errors=True)
+
+
+def _train(model, optimizer, train_ds, clean_ds, evaluate, run_dir, num_steps, config,
+           eval_interval, checkpoint_interval, log, stop_at_step, init_fn, examples,
+           label_probability, strategy, write_dir):
+    """`train`, resuming from `run_dir` and writing into `write_dir`."""
+    os.makedirs(write_dir, exist_ok=True)
     step = tf.Variable(0, dtype=tf.int64, name="step")
     rng = tf.random.Generator.from_seed(config.seed)
     train_iter, clean_iter = iter(train_ds), iter(clean_ds)
     num_examples = 0 if examples is None else len(examples[0])
     train_step, stats, example_stats, trace_count = make_train_step(
-        model, optimizer, config, rng, num_examples)
+        model, optimizer, config, rng, num_examples, strategy=strategy)
     # Keras does not checkpoint the state of its seed generators (dropout): saved here, so a
     # resumed run draws the same masks. Only when there are any, so older checkpoints still load.
     seed_states = [v.value for v in model.non_trainable_variables if reweight.is_seed_state(v)]
@@ -356,7 +424,10 @@ def train(model, optimizer, train_ds, clean_ds, evaluate, run_dir, num_steps, co
         log(f"resumed from {restored} at step {int(step)}")
     elif init_fn is not None:
         init_fn()
-    metrics = MetricsLog(run_dir, int(step))
+    if write_dir != run_dir:  # a non-chief worker saves beside the chief, into its own directory
+        manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "ckpt"),
+                                             max_to_keep=1)
+    metrics = MetricsLog(write_dir, int(step))
 
     # Where the time goes (this session): waiting for input, training steps, evaluation and
     # checkpoints, so a run shows whether data or evaluation holds training back.
@@ -383,6 +454,8 @@ def train(model, optimizer, train_ds, clean_ds, evaluate, run_dir, num_steps, co
                 t0 = time.perf_counter()
                 row = {"step": current, "lr": current_learning_rate(optimizer, current),
                        **summarize(stats.numpy()), **evaluate()}
+                if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+                    row["loss_scale"] = float(optimizer.scale_loss(1.0))  # halved per skipped step
                 seconds["eval"] += time.perf_counter() - t0
                 stats.assign(tf.zeros_like(stats))
                 metrics.write(row)
@@ -405,7 +478,7 @@ def train(model, optimizer, train_ds, clean_ds, evaluate, run_dir, num_steps, co
     if row is None:  # already finished before this call
         row = metrics.rows[-1] if metrics.rows else {"step": int(step), **evaluate()}
     if examples is not None:
-        write_csv(os.path.join(run_dir, "example_weights.csv"),
+        write_csv(os.path.join(write_dir, "example_weights.csv"),
                   example_table(example_stats.numpy(), *examples,
                                 label_probability=label_probability and label_probability()))
     row = {k: float(v) for k, v in row.items()}

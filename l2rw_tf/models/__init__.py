@@ -6,7 +6,7 @@ from l2rw_tf.models.resnet import resnet, resnet32, resnet_small, wrn28_10
 from l2rw_tf.choices import MODELS  # noqa: F401  (the names build_model knows)
 
 # Keyword arguments the ResNet builders accept from `build_model`.
-_RESNET_KWARGS = ("weight_decay", "dropout", "bn_momentum")
+_RESNET_KWARGS = ("weight_decay", "dropout", "bn_momentum", "sync_batch_norm")
 
 
 def build_model(name, num_classes, input_shape, seed=None, **kwargs):
@@ -15,7 +15,8 @@ def build_model(name, num_classes, input_shape, seed=None, **kwargs):
     "lenet": the MNIST LeNet. "mlp": a two-hidden-layer Dense network (benchmarks). "resnet32" / "wrn28_10": the original CIFAR networks.
     "resnet": the CPU-scale reduced ResNet, kwargs `units` (per stage, default 5) and `width`
     (multiplies the 16/32/64 stage filters, default 1.0). The ResNets take `weight_decay`,
-    `dropout` and `bn_momentum` kwargs when given (None means the builder's default).
+    `dropout`, `bn_momentum` and `sync_batch_norm` kwargs when given (None means the builder's
+    default).
     """
     num_outputs = 1 if num_classes == 2 else num_classes
     if name == "lenet":

@@ -59,7 +59,8 @@ class ChannelPad(layers.Layer):
 
 def resnet(num_classes, depth_units=(5, 5, 5), filters=(16, 32, 64), dropout=0.0,
            weight_decay=1e-4, input_shape=(32, 32, 3), seed=None, name="resnet",
-           init_filters=16, strides=(1, 2, 2), bn_momentum=BN_MOMENTUM):
+           init_filters=16, strides=(1, 2, 2), bn_momentum=BN_MOMENTUM,
+           sync_batch_norm=False):
     """Builds a pre-activation ResNet (functional `keras.Model` returning logits).
 
     depth_units: residual units per stage. filters: output channels per stage.
@@ -70,6 +71,10 @@ def resnet(num_classes, depth_units=(5, 5, 5), filters=(16, 32, 64), dropout=0.0
     bn_momentum: decay of the BN moving statistics (the original's 0.999). Evaluation uses
       them, and from their initial (0, 1) they need ~3/(1 - momentum) steps to settle: runs much
       shorter than 3,000 steps need a lower value.
+    sync_batch_norm: BatchNormalization(synchronized=True): under a tf.distribute strategy the
+      batch statistics are the global batch's (all-reduced), as on one device; without it each
+      replica normalises its part with its own statistics (Keras' default). The same layer on
+      one device.
     """
     if len(depth_units) != len(filters) or len(filters) != len(strides):
         raise ValueError("depth_units, filters and strides need one entry per stage")
@@ -94,7 +99,8 @@ def resnet(num_classes, depth_units=(5, 5, 5), filters=(16, 32, 64), dropout=0.0
 
     def bn_relu(x, layer_name):
         x = layers.BatchNormalization(momentum=bn_momentum, epsilon=BN_EPSILON, center=True,
-                                      scale=False, name=layer_name)(x)
+                                      scale=False, synchronized=sync_batch_norm,
+                                      name=layer_name)(x)
         return layers.ReLU()(x)
 
     def shortcut(x, in_channels, out_channels, stride, prefix):
