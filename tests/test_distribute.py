@@ -54,6 +54,26 @@ def test_resnet_sync_batch_norm_exact_and_per_replica_batch_norm_differs():
     assert result["per_replica_jvp_float64"]["params"] > 1e-2, result
 
 
+@pytest.mark.slow  # ~35 s on 2 loaded cores: 5 float32 runs of 5 look-ahead steps
+def test_resnet_sync_batch_norm_float32_differs_by_rounding_only():
+    result = run_case("resnet_float32")
+    print(result)
+    # On the batches above (8x8 inputs, 16 + 8) float32 keeps mirrored within 1e-5 of one
+    # device (measured 4.2e-6 weights, 2.3e-6 parameters); both sides run synchronized BN's
+    # one-pass variance E[x^2] - E[x]^2 (on one device Keras takes that path too).
+    assert result["mirrored_sync_vs_one_sync"]["weights"] < 1e-5, result
+    assert result["mirrored_sync_vs_one_sync"]["params"] < 1e-5, result
+    # On 16x16 inputs, 32 + 16, the clipped weights amplify float32 rounding: mirrored differs
+    # from one device by ~5e-2 after 5 steps, and so does ONE device with plain BN (two-pass
+    # variance) against one device with synchronized BN, no distribution involved: the same
+    # order, so rounding, not the distributed step (float64: both ~1e-15).
+    control = result["one_sync_vs_one_plain_16"]
+    mirrored = result["mirrored_sync_vs_one_sync_16"]
+    assert control["weights"] > 1e-2, result
+    for key in ("weights", "params"):
+        assert mirrored[key] < 10 * control[key], result
+
+
 def test_fit_under_mirrored_gives_the_cli_step_weights_and_communication():
     result = run_case("fit")
     print(result)
@@ -211,7 +231,7 @@ def _batches(model, steps, n, m, seed=1):
             for k in range(steps)]
 
 
-def _build(name, strategy, sync=False, floatx="float32"):
+def _build(name, strategy, sync=False, floatx="float32", side=8):
     import keras
 
     from l2rw_tf import models, train
@@ -220,7 +240,7 @@ def _build(name, strategy, sync=False, floatx="float32"):
         if name == "lenet":
             model = models.build_model("lenet", 10, (28, 28, 1), seed=0)
         else:
-            model = models.build_model("resnet", 10, (8, 8, 3), seed=0, units=1, width=0.25,
+            model = models.build_model("resnet", 10, (side, side, 3), seed=0, units=1, width=0.25,
                                        weight_decay=1e-4, bn_momentum=0.9, sync_batch_norm=sync)
         optimizer = train.TF1Momentum(0.1, momentum=0.9)
     return model, optimizer
@@ -239,14 +259,14 @@ def _strategy(name):
 
 
 def _train(strategy_name, model_name, meta_grad="jvp", method="l2rw", sync=False,
-           floatx="float32", steps=5, n=16, m=8):
+           floatx="float32", steps=5, n=16, m=8, side=8):
     """Example weights (relative to uniform, per example) and parameters after `steps` CLI
     steps (train.make_train_step) on the same global batches."""
     import tensorflow as tf
 
     from l2rw_tf import step, train
     strategy = _strategy(strategy_name)
-    model, optimizer = _build(model_name, strategy, sync, floatx)
+    model, optimizer = _build(model_name, strategy, sync, floatx, side)
     config = step.StepConfig(method=method, meta_grad=meta_grad)
     train_step, _, example_stats, _ = train.make_train_step(
         model, optimizer, config, tf.random.Generator.from_seed(0), num_examples=n * steps,
@@ -257,11 +277,14 @@ def _train(strategy_name, model_name, meta_grad="jvp", method="l2rw", sync=False
     return example_stats.numpy()[:, 1] / n, params
 
 
-def _compare(**kw):
-    w1, p1 = _train("none", **kw)
-    w2, p2 = _train("mirrored", **kw)
+def _differences(first, second):
+    (w1, p1), (w2, p2) = first, second
     return {"weights": relative(w2, w1), "params": relative(p2, p1),
             "zero_fraction": float(np.mean(w1 == 0))}
+
+
+def _compare(**kw):
+    return _differences(_train("none", **kw), _train("mirrored", **kw))
 
 
 def _case_lenet():
@@ -275,6 +298,21 @@ def _case_resnet():
                                                sync=True, floatx="float64"),
             "per_replica_jvp_float64": _compare(model_name="resnet", meta_grad="jvp",
                                                 floatx="float64")}
+
+
+def _case_resnet_float32():
+    """Float32, synchronized BN, `lookahead`: mirrored against one device, on the batches of
+    `_case_resnet` and on larger ones; and the control on one device (no distribution) of plain
+    BatchNorm (tf.nn.moments, two-pass variance) against synchronized BatchNorm (one-pass
+    E[x^2] - E[x]^2, which Keras uses whenever there is a replica context, one device too)."""
+    larger = dict(model_name="resnet", meta_grad="lookahead", side=16, n=32, m=16)
+    one_sync = _train("none", sync=True, **larger)
+    return {"mirrored_sync_vs_one_sync": _compare(model_name="resnet", meta_grad="lookahead",
+                                                  sync=True),
+            "one_sync_vs_one_plain_16": _differences(_train("none", sync=False, **larger),
+                                                     one_sync),
+            "mirrored_sync_vs_one_sync_16": _differences(one_sync,
+                                                         _train("mirrored", sync=True, **larger))}
 
 
 def _case_fit():
@@ -330,4 +368,5 @@ if __name__ == "__main__":
     from l2rw_tf import distribute as _distribute
     _distribute.use_cpu_devices(2)
     print(json.dumps({"lenet": _case_lenet, "resnet": _case_resnet,
+                      "resnet_float32": _case_resnet_float32,
                       "fit": _case_fit}[sys.argv[1]]()))
