@@ -57,6 +57,7 @@ def tiny_runs(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # about a minute: two tiny CLI runs, then the folds
 def test_end_to_end_then_refuses_to_overwrite_then_reuses_the_folds(tiny_runs, tmp_path):
     out = tmp_path / "out"
     args = [f"--l2rw_run={tiny_runs / 'l2rw'}", f"--baseline_run={tiny_runs / 'baseline'}",
@@ -106,6 +107,7 @@ def test_bad_input_is_one_line(tmp_path, extra, message):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_a_baseline_of_other_data_is_refused(tiny_runs, tmp_path):
     flags_path = tiny_runs / "baseline" / "flags.json"
     other = tmp_path / "other"
