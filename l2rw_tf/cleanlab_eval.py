@@ -224,9 +224,7 @@ def score_ranking(order_scores, is_noisy, ks, seed=0):
     """A ranking by ascending scores (a list of columns, most important first; ties in a seeded
     random order and scored as random), scored against `is_noisy`: expected precision and
     recall at each k."""
-    n = len(is_noisy)
-    shuffle = np.random.default_rng(seed).permutation(n)
-    order = np.lexsort([shuffle] + order_scores[::-1])
+    order = ranking.rank_by(order_scores, seed)
     groups = ranking.tie_groups([np.asarray(s, np.float64)[order] for s in order_scores])
     noisy_ranked = is_noisy[order]
     total = int(is_noisy.sum())

@@ -55,9 +55,14 @@ def rank_by_weight(columns, seed=0):
     tied in the whole key are put in a random order (fixed `seed`, so the files are
     reproducible), never by index; the reported precision does not depend on that order
     (`expected_hits`). Missing (nan) scores sort last within their key."""
-    key = [column for _, column in ranking_key(columns)]
+    return rank_by([column for _, column in ranking_key(columns)], seed)
+
+
+def rank_by(key, seed=0):
+    """Order by ascending `key` (columns, most important first), ties in a seeded random order
+    (never by index); nan sorts last within its column."""
     shuffle = np.random.default_rng(seed).permutation(len(key[0]))
-    return np.lexsort([shuffle] + key[::-1])
+    return np.lexsort([shuffle] + list(key)[::-1])
 
 
 def tie_groups(key_ranked):
