@@ -52,7 +52,13 @@ flags.DEFINE_string("meta_grad", "jvp", "How L2RW gets its meta-gradient: jvp (f
                     "identity at eps=0), lookahead (Algorithm 1, nested tapes) or layerwise "
                     "(per-layer inner products, the fastest; models without BatchNorm or "
                     "dropout whose layers form a chain, e.g. lenet, mlp).")
-flags.DEFINE_integer("seed", 0, "Random seed of data construction, initialisation and batches.")
+flags.DEFINE_integer("seed", 0, "Random seed of the data (split, clean set, noise) and, unless "
+                     "--train_seed is given, of the initialisation and the batches.")
+flags.DEFINE_integer("train_seed", None, "Seed of the initial weights, the batch order, the "
+                     "augmentation and the step's random draws (default: --seed, which then "
+                     "seeds everything). --seed alone fixes the data: the split, the clean set "
+                     "and the noise. The original MNIST code seeds only its split; another "
+                     "--train_seed with the same --seed redraws what it redraws on every run.")
 flags.DEFINE_integer("num_steps", None, "Training steps (default: imbalance 8000; noisy: 60000 "
                      "for wrn28_10, 80000 for the other ResNets, 4000 for lenet). The original "
                      "clean_only runs 2000 steps and finetune 5000: pass --num_steps for them.")
@@ -144,7 +150,8 @@ flags.DEFINE_string("mixed_precision", "float32", "Keras' global dtype policy: f
                     "alignments and weights are computed in float32 under every policy.")
 
 # Flags that define what a run computes; a run directory refuses to resume under other values.
-COMMON_RUN_FLAGS = ("task", "dataset", "model", "method", "meta_grad", "seed", "num_steps",
+COMMON_RUN_FLAGS = ("task", "dataset", "model", "method", "meta_grad", "seed", "train_seed",
+                    "num_steps",
                     "batch_size", "clean_batch_size", "lr", "lr_boundaries", "lr_values",
                     "momentum", "weight_decay", "clean_weight_decay", "mixed_precision",
                     "sync_batch_norm")
@@ -563,13 +570,19 @@ def build_data():
     return experiment, preprocess, augment
 
 
+def train_seed():
+    """The seed of everything but the data (--train_seed, by default --seed)."""
+    return FLAGS.seed if FLAGS.train_seed is None else FLAGS.train_seed
+
+
 def build_training(experiment, preprocess, augment):
     """Model, optimizer, noisy and clean input pipelines and evaluation of the flags, on the
     arrays of `experiment` (l2rw_tf.cleanlab_eval trains on parts of the training set)."""
     from l2rw_tf import data, models, precision, reweight, train
     f = FLAGS
+    seed = train_seed()
     model = models.build_model(f.model, experiment.num_classes, experiment.input_shape,
-                               seed=f.seed, weight_decay=f.weight_decay, dropout=f.dropout,
+                               seed=seed, weight_decay=f.weight_decay, dropout=f.dropout,
                                bn_momentum=f.bn_momentum, units=f.units, width=f.width,
                                sync_batch_norm=f.sync_batch_norm or None)
     if f.method == "l2rw" and f.meta_grad == "layerwise":
@@ -590,21 +603,21 @@ def build_training(experiment, preprocess, augment):
         source = (experiment.clean_images, experiment.clean_labels, None)
     else:
         source = (experiment.train_images, experiment.train_labels, experiment.train_is_noisy)
-    # Augmentation seeds: distinct per stream, fixed by --seed.
-    aug_seed = (lambda k: 1000 * f.seed + k) if augment else (lambda k: None)
+    # Augmentation seeds: distinct per stream, fixed by the training seed.
+    aug_seed = (lambda k: 1000 * seed + k) if augment else (lambda k: None)
     if f.method == "resample":
-        train_ds = data.class_balanced_dataset(*source[:2], f.batch_size, seed=f.seed,
+        train_ds = data.class_balanced_dataset(*source[:2], f.batch_size, seed=seed,
                                                preprocess=preprocess, is_noisy=source[2],
                                                augment_seed=aug_seed(0))
     else:
         batch = f.hard_mining_pool if f.method == "hard_mining" else f.batch_size
         skip = data.ORIGINAL_EVAL_DRAWS if f.task == "imbalance" and f.original_eval_draws \
             else None
-        train_ds = data.example_dataset(*source, batch, seed=f.seed, preprocess=preprocess,
+        train_ds = data.example_dataset(*source, batch, seed=seed, preprocess=preprocess,
                                         augment_seed=aug_seed(0), skip=skip)
     clean_batch = f.clean_batch_size or min(f.batch_size, len(experiment.clean_labels))
     clean_ds = data.example_dataset(experiment.clean_images, experiment.clean_labels,
-                                    batch_size=clean_batch, seed=f.seed + 1,
+                                    batch_size=clean_batch, seed=seed + 1,
                                     preprocess=preprocess, augment_seed=aug_seed(1))
     evaluate = train.make_evaluate(model, experiment.eval_sets, preprocess,
                                    batch_size=f.eval_batch_size)
@@ -692,7 +705,7 @@ def train_run(run_dir, result_path, stop_at_step=None):
     init_fn = None
     if f.method == "finetune":
         source = finetune_source(f.finetune_from)
-    keras.utils.set_random_seed(f.seed)
+    keras.utils.set_random_seed(train_seed())
     if f.deterministic:
         tf.config.experimental.enable_op_determinism()
     try:
@@ -721,7 +734,7 @@ def train_run(run_dir, result_path, stop_at_step=None):
         batch_size=f.eval_batch_size))
     config = step.StepConfig(method=f.method, meta_grad=f.meta_grad,
                              clean_weight_decay=f.clean_weight_decay, pos_ratio=f.pos_ratio,
-                             seed=f.seed,
+                             seed=train_seed(),
                              background_class=experiment.info.get("background_class") or 0,
                              background_weight=experiment.info.get("background_weight", 1.0))
     # A multi-worker cluster's other workers neither lock nor write the run directory.

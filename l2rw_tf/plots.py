@@ -76,7 +76,7 @@ METHOD_COLORS = {"l2rw": "tab:red", "baseline": "tab:blue", "random": "tab:gray"
                  "weighted": "tab:olive", "finetune": "tab:cyan", "clean_only": "tab:pink"}
 NOISE_NAMES = {"uniform": "UniformFlip", "background": "BackgroundFlip", "none": "no noise"}
 # Flags that differ between the seeds of one setting (finetune names its own seed's baseline).
-PER_SEED_FLAGS = ("seed", "finetune_from")
+PER_SEED_FLAGS = ("seed", "train_seed", "finetune_from")
 
 # Paper Tables 1 and 2 (reference.md §4): test accuracy %, 40% noise, mean ± 95% CI over 5 splits.
 # Keyed by (dataset, noise, method); Weighted is BackgroundFlip CIFAR-10 only.
@@ -268,22 +268,32 @@ def save_figure(fig, path):
 # ---------------------------------------------------------------------------------------------
 # Paper Fig. 2: MNIST 4 vs 9, test error vs class imbalance.
 
-def imbalance_figure(run_dirs, out_dir):
+def imbalance_figure(run_dirs, out_dir, title=None):
     """Test error (%) vs pos_ratio, mean ± std over seeds, one line per method. Writes
-    `mnist_imbalance.png` and `mnist_imbalance.csv`; returns the CSV rows."""
+    `mnist_imbalance.png` and `mnist_imbalance.csv`; returns the CSV rows. The step count may
+    differ between methods (the original script trains L2RW 4,000 steps, its baselines 8,000),
+    not within one; each line's label then names its steps."""
     runs = [r for r in finished_runs(run_dirs) if r["flags"].get("task") == "imbalance"]
     if not runs:
         raise NoRuns("no finished imbalance runs")
-    check_one_setting(runs, varying=("method", "pos_ratio"))
+    check_one_setting(runs, varying=("method", "pos_ratio", "num_steps"))
+    steps_of = {}
+    for r in runs:
+        steps_of.setdefault(r["flags"]["method"], set()).add(r["flags"].get("num_steps"))
+    for method, steps in steps_of.items():
+        if len(steps) > 1:
+            raise ValueError(f"runs of different settings mixed: --method={method} runs take "
+                             f"--num_steps {', '.join(sorted(map(str, steps)))}")
+    all_steps = {s for steps in steps_of.values() for s in steps}
     rows = []
-    for method in IMBALANCE_METHODS + tuple(sorted({r["flags"]["method"] for r in runs}
-                                                   - set(IMBALANCE_METHODS))):
+    for method in IMBALANCE_METHODS + tuple(sorted(set(steps_of) - set(IMBALANCE_METHODS))):
         for pos_ratio in sorted({r["flags"]["pos_ratio"] for r in runs}):
             errors = [100.0 * (1.0 - test_accuracy(r)) for r in runs
                       if r["flags"]["method"] == method and r["flags"]["pos_ratio"] == pos_ratio]
             if errors:
                 mean, std = mean_std(errors)
                 rows.append({"method": method, "pos_ratio": pos_ratio, "n_seeds": len(errors),
+                             "num_steps": next(iter(steps_of[method])),
                              "test_error_mean": mean, "test_error_std": std})
     os.makedirs(out_dir, exist_ok=True)
     write_rows(os.path.join(out_dir, "mnist_imbalance.csv"), rows)
@@ -295,16 +305,19 @@ def imbalance_figure(run_dirs, out_dir):
     fig, ax = plt.subplots(figsize=(6, 4))
     for method in dict.fromkeys(row["method"] for row in rows):
         points = [row for row in rows if row["method"] == method]
+        label = METHOD_NAMES.get(method, method)
+        if len(all_steps) > 1:
+            label += f", {points[0]['num_steps']:,} steps"
         ax.errorbar([position[p["pos_ratio"]] for p in points],
                     [p["test_error_mean"] for p in points],
                     yerr=[p["test_error_std"] for p in points], marker="o", capsize=3,
-                    color=METHOD_COLORS.get(method), label=METHOD_NAMES.get(method, method))
+                    color=METHOD_COLORS.get(method), label=label)
     ax.set_xticks(range(len(ratios)), [f"{p:g}" for p in ratios])
     ax.set_xlabel("proportion of the majority class (9s)")
     ax.set_ylabel("test error (%)")
     seeds = max(row["n_seeds"] for row in rows)
-    ax.set_title(f"MNIST 4 vs 9, {runs[0]['flags'].get('num_steps')} steps "
-                 f"(mean ± std, up to {seeds} seeds)")
+    steps = f"{next(iter(all_steps))} steps " if len(all_steps) == 1 else ""
+    ax.set_title(title or f"MNIST 4 vs 9, {steps}(mean ± std, up to {seeds} seeds)")
     save_figure(fig, os.path.join(out_dir, "mnist_imbalance.png"))
     return rows
 

@@ -32,10 +32,18 @@ def load_runs(roots):
     return runs
 
 
+def seed_name(run):
+    """"<seed>", or "<seed>/<train_seed>" for a run whose training was seeded apart."""
+    if run.get("train_seed") is None:
+        return str(run["seed"])
+    return f"{run['seed']}/{run['train_seed']}"
+
+
 def summarize(runs):
-    """Groups runs by all flags except the seed; mean and sample standard deviation (n - 1) of
+    """Groups runs by all flags except the seeds (--seed, --train_seed); mean and sample standard deviation (n - 1) of
     each metric, as plots.mean_std."""
-    flag_keys = [k for k in runs[0] if k not in METRICS and k not in ("run_dir", "seed")]
+    flag_keys = [k for k in runs[0]
+                 if k not in METRICS and k not in ("run_dir", "seed", "train_seed")]
     varying = [k for k in flag_keys if len({json.dumps(r.get(k)) for r in runs}) > 1]
     groups = {}
     for r in runs:
@@ -43,7 +51,7 @@ def summarize(runs):
     rows = []
     for key, members in groups.items():
         row = {k: json.loads(v) for k, v in zip(varying, key)}
-        row["seeds"] = " ".join(str(r["seed"]) for r in members)
+        row["seeds"] = " ".join(seed_name(r) for r in members)
         for metric in METRICS:
             values = [r[metric] for r in members
                       if r.get(metric) is not None and not math.isnan(r[metric])]

@@ -338,3 +338,31 @@ def test_a_signal_saves_the_current_step_and_the_resumed_run_is_unchanged(
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"at step {stopped_at}" in resumed.stdout
     assert_same_run(run, straight_run)
+
+
+def test_train_seed_redraws_the_weights_and_batches_but_not_the_data():
+    """--train_seed seeds what the original MNIST code leaves unseeded (initial weights, batch
+    order); the split stays --seed's. Unset, it is --seed: the same run as before the flag."""
+    import numpy as np
+
+    def build(*extra):
+        flags.FLAGS.unparse_flags()
+        flags.FLAGS(["l2rw", f"--flagfile={FLAGFILE}", "--seed=56789", *extra])
+        experiment, preprocess, augment = main.build_data()
+        model, _, train_ds, clean_ds, _ = main.build_training(experiment, preprocess, augment)
+        batch = next(iter(train_ds))
+        return (experiment, [w.numpy() for w in model.weights], batch["index"].numpy(),
+                main.run_flags())
+
+    default, same, other = build(), build("--train_seed=56789"), build("--train_seed=1")
+    for run in (same, other):  # the data: image for image
+        np.testing.assert_array_equal(run[0].train_images, default[0].train_images)
+        np.testing.assert_array_equal(run[0].clean_images, default[0].clean_images)
+        np.testing.assert_array_equal(run[0].train_labels, default[0].train_labels)
+    for a, b in zip(same[1], default[1]):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(same[2], default[2])
+    assert not np.array_equal(other[1][0], default[1][0])  # first kernel redrawn
+    assert not np.array_equal(other[2], default[2])        # another batch order
+    assert default[3]["train_seed"] is None and other[3]["train_seed"] == 1
+    flags.FLAGS.unparse_flags()

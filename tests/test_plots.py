@@ -714,3 +714,24 @@ def test_bad_jobs_value_is_a_one_line_error():
     bad = script("--jobs=0", "--dry_run")
     assert bad.returncode == 2
     assert bad.stderr.strip() == "error: --jobs=0 must be a positive integer"
+
+
+def test_imbalance_figure_with_the_original_scripts_step_counts(tmp_path):
+    """The original script trains L2RW 4,000 steps and its baseline 8,000: one step count per
+    method is one setting (each line says its steps); two within a method are refused."""
+    dirs = []
+    for method, steps in (("l2rw", 4000), ("baseline", 8000)):
+        for p in (0.9, 0.995):
+            for seed in (0, 56789):
+                flags = {**imbalance_flags(method, seed, p), "num_steps": steps}
+                run = tmp_path / "runs" / f"{method}_{p}_{seed}"
+                make_run(run, flags, accuracy_of(method, seed, p))
+                dirs.append(str(run))
+    rows = plots.imbalance_figure(dirs, str(tmp_path / "out"))
+    assert [(r["method"], r["num_steps"], r["n_seeds"]) for r in rows] == \
+        [("l2rw", 4000, 2)] * 2 + [("baseline", 8000, 2)] * 2
+    assert (tmp_path / "out" / "mnist_imbalance.png").exists()
+    odd = tmp_path / "runs" / "l2rw_8000"
+    make_run(odd, {**imbalance_flags("l2rw", 1, 0.9), "num_steps": 8000}, 0.9)
+    with pytest.raises(ValueError, match="--method=l2rw runs take --num_steps 4000, 8000"):
+        plots.imbalance_figure(dirs + [str(odd)], str(tmp_path / "out2"))

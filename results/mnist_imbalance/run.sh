@@ -14,6 +14,11 @@
 #   SEEDS         the seeds themselves (overrides NRUN), e.g. SEEDS="0 56789".
 #   ARMS          method:steps pairs (default per SET, e.g. "l2rw:4000 l2rw:8000 baseline:8000").
 #   PARALLEL      runs at a time (default 2), one TF thread each (2 cores).
+#   RATIOS        proportions of nines (default 0.995; the Fig. 2 sweep: "0.9 0.95 0.98 0.99").
+#                 A run at another proportion than 0.995 is named <name>_p<ratio>_seed<seed>.
+#   TRAIN_SEEDS   --train_seed values (default none: --seed seeds everything). With the same
+#                 --seed, each redraws the initial weights and the batch order but keeps the
+#                 split, as the original code does on every run; runs named <name>_seed<seed>_t<t>.
 #   EXTRA_FLAGS   appended to every command (a plumbing check: EXTRA_FLAGS=--num_steps=20 with a
 #                 scratch RUNS and OUT).
 #   DRY_RUN=1     print the commands, run nothing.
@@ -45,23 +50,36 @@ EXTRA_FLAGS=${EXTRA_FLAGS:-}
 export SET FLAGFILE RUNS EXTRA_FLAGS DRY_RUN
 mkdir -p "$RUNS"
 
-# One line per run: <run name> <method> <steps> <seed>. The paper set keeps its old names (and
-# its old commands: no --num_steps, the flagfile's 8,000).
-for arm in $ARMS; do
-  method=${arm%%:*} steps=${arm#*:}
-  for seed in $SEEDS; do
-    if [ "$SET" = paper ]; then name=${method}_seed$seed; else name=${method}_${steps}_seed$seed; fi
-    if [ -f "$RUNS/$name/result.json" ] && [ -z "${DRY_RUN:-}" ]; then
-      echo "finished already: $RUNS/$name" >&2
-      continue
-    fi
-    echo "$name $method $steps $seed"
+# One line per run: <run name> <method> <steps> <seed> <extra flags, comma-separated or "-">.
+# Seed by seed, so that a sweep stopped early holds whole seeds. The paper set keeps its old
+# names (and its old commands: no --num_steps, the flagfile's 8,000).
+RATIOS=${RATIOS:-0.995}
+TRAIN_SEEDS=${TRAIN_SEEDS:--}
+for seed in $SEEDS; do
+  for train_seed in $TRAIN_SEEDS; do
+    for ratio in $RATIOS; do
+      for arm in $ARMS; do
+        method=${arm%%:*} steps=${arm#*:} extra=
+        if [ "$SET" = paper ]; then name=$method; else name=${method}_$steps; fi
+        if [ "$ratio" != 0.995 ]; then name=${name}_p$ratio extra=--pos_ratio=$ratio; fi
+        name=${name}_seed$seed
+        if [ "$train_seed" != - ]; then
+          name=${name}_t$train_seed extra=${extra:+$extra,}--train_seed=$train_seed
+        fi
+        if [ -f "$RUNS/$name/result.json" ] && [ -z "${DRY_RUN:-}" ]; then
+          echo "finished already: $RUNS/$name" >&2
+          continue
+        fi
+        echo "$name $method $steps $seed ${extra:--}"
+      done
+    done
   done
-done | xargs -r -P "$PARALLEL" -n 4 sh -c '
-  name=$0 method=$1 steps=$2 seed=$3
+done | xargs -r -P "$PARALLEL" -n 5 sh -c '
+  name=$0 method=$1 steps=$2 seed=$3 extra=$4
   steps_flag=; [ "$SET" = paper ] || steps_flag=--num_steps=$steps
+  [ "$extra" = - ] && extra= || extra=$(echo "$extra" | tr , " ")
   set -- python -m l2rw_tf.main --flagfile="$FLAGFILE" --method="$method" --seed="$seed" \
-    $steps_flag --logdir="$RUNS/$name" $EXTRA_FLAGS
+    $steps_flag $extra --logdir="$RUNS/$name" $EXTRA_FLAGS
   if [ -n "${DRY_RUN:-}" ]; then echo "$*"; exit 0; fi
   "$@" > "$RUNS/$name.log" 2>&1 && echo "done $name" \
     || { echo "FAILED $name (see $RUNS/$name.log)"; exit 255; }'
@@ -93,20 +111,30 @@ if rows:
             out = csv.DictWriter(f, fieldnames=list(rows[0]))
             out.writeheader(); out.writerows(rows)
 EOF
-# SET=original: the per-step test accuracy of each arm, mean ± std over its seeds (curves.png and
-# curves.csv in OUT).
+# SET=original: the per-step test accuracy of each arm at 99.5% nines, mean ± std over its seeds
+# (curves.png and curves.csv in OUT); with runs at other proportions too, paper Fig. 2 from the
+# original's arms, L2RW 4,000 steps and baseline 8,000 (mnist_imbalance.png / .csv in OUT).
 if [ "$SET" = original ]; then
   OUT="$OUT" RUNS="$RUNS" python - <<'EOF2'
-import glob, os
+import glob, json, os, re
 from l2rw_tf import plots
 runs, out = os.environ["RUNS"], os.environ["OUT"]
-groups = {label: sorted(d for d in glob.glob(os.path.join(runs, pattern)) if os.path.isdir(d))
-          for label, pattern in [("L2RW, 4,000 steps", "l2rw_4000_seed*"),
-                                 ("L2RW, 8,000 steps", "l2rw_8000_seed*"),
-                                 ("Baseline, 8,000 steps", "baseline_8000_seed*")]}
+def arm(pattern):  # run directories named exactly <arm>_seed<seed>
+    return sorted(d for d in glob.glob(os.path.join(runs, "*"))
+                  if os.path.isdir(d) and re.fullmatch(pattern + r"_seed\d+", os.path.basename(d)))
+groups = {label: arm(pattern)
+          for label, pattern in [("L2RW, 4,000 steps", "l2rw_4000"),
+                                 ("L2RW, 8,000 steps", "l2rw_8000"),
+                                 ("Baseline, 8,000 steps", "baseline_8000")]}
 groups = {label: dirs for label, dirs in groups.items() if dirs}
 if groups:
     plots.curves_figure(groups, os.path.join(out, "curves.png"),
                         title="MNIST 4 vs 9, 99.5% nines (the original script's setting)")
+sweep = [d for pattern in (r"l2rw_4000(_p[0-9.]+)?", r"baseline_8000(_p[0-9.]+)?")
+         for d in arm(pattern)]
+if len({plots.load_run(d)["flags"]["pos_ratio"] for d in sweep}) > 1:
+    rows = plots.imbalance_figure(sweep, out, title="MNIST 4 vs 9, the original script's "
+                                  "setting (mean ± std over seeds)")
+    print("\n".join(json.dumps(r) for r in rows))
 EOF2
 fi
