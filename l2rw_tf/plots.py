@@ -339,7 +339,7 @@ def curves_figure(groups, out_path, title=None):
     `groups` maps a line label (e.g. "Baseline") to its run directories. Writes `out_path` (PNG)
     and the CSV behind it (same name, .csv); returns the CSV rows. Only the steps that every
     seed of a group has evaluated are averaged."""
-    rows, title_flags = [], None
+    rows, title_flags, drawn = [], None, []
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, run_dirs in groups.items():
         runs = [r for r in finished_runs(run_dirs) if r["metrics"]]
@@ -356,7 +356,12 @@ def curves_figure(groups, out_path, title=None):
                          "test_accuracy_mean": mean, "test_accuracy_std": std})
         mean = np.array([m for m, _ in stats])
         std = np.array([s for _, s in stats])
-        line, = ax.plot(steps, mean, color=METHOD_COLORS.get(runs[0]["flags"].get("method")),
+        # A method's colour; its second and later groups (e.g. other step counts) dashed, dotted.
+        method = runs[0]["flags"].get("method")
+        same_method = [m for m in drawn if m == method]
+        drawn.append(method)
+        line, = ax.plot(steps, mean, color=METHOD_COLORS.get(method),
+                        linestyle=("-", "--", ":", "-.")[len(same_method) % 4],
                         label=f"{label} ({len(runs)} seed{'s' * (len(runs) > 1)})")
         ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
     if not rows:
