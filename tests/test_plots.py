@@ -735,3 +735,24 @@ def test_imbalance_figure_with_the_original_scripts_step_counts(tmp_path):
     make_run(odd, {**imbalance_flags("l2rw", 1, 0.9), "num_steps": 8000}, 0.9)
     with pytest.raises(ValueError, match="--method=l2rw runs take --num_steps 4000, 8000"):
         plots.imbalance_figure(dirs + [str(odd)], str(tmp_path / "out2"))
+
+
+def test_mnist_imbalance_run_sh_names_sweep_and_redrawn_runs(tmp_path):
+    """results/mnist_imbalance/run.sh (issue 18): the Fig. 2 proportions and the --train_seed
+    redraws become their own flags and run names; 0.995 keeps the existing names and commands."""
+    env = {**os.environ, "DRY_RUN": "1", "SET": "original", "SEEDS": "0 56789",
+           "RATIOS": "0.9 0.995", "ARMS": "l2rw:4000 baseline:8000", "RUNS": str(tmp_path)}
+    result = subprocess.run(["bash", str(REPO / "results/mnist_imbalance/run.sh")], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    flagfile = "python -m l2rw_tf.main --flagfile=configs/mnist_imbalance_original.flags"
+    assert set(result.stdout.splitlines()) == {
+        f"{flagfile} --method={m} --seed={s} --num_steps={n}{p and ' --pos_ratio=' + p} "
+        f"--logdir={tmp_path}/{m}_{n}{p and '_p' + p}_seed{s}"
+        for m, n in (("l2rw", 4000), ("baseline", 8000)) for s in (0, 56789) for p in ("0.9", "")}
+    env.update(SEEDS="0", RATIOS="0.995", TRAIN_SEEDS="1 2", ARMS="baseline:8000")
+    result = subprocess.run(["bash", str(REPO / "results/mnist_imbalance/run.sh")], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert set(result.stdout.splitlines()) == {
+        f"{flagfile} --method=baseline --seed=0 --num_steps=8000 --train_seed={t} "
+        f"--logdir={tmp_path}/baseline_8000_seed0_t{t}" for t in (1, 2)}
