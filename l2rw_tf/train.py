@@ -8,6 +8,7 @@ a finished run is not run again.
 """
 import contextlib
 import csv
+import glob
 import json
 import os
 import shutil
@@ -341,6 +342,27 @@ def signals_deferred():
             signal.signal(s, handler)
 
 
+def save_seconds(checkpoint_path, seconds, kept):
+    """Writes the run's time so far beside the checkpoint just saved (`<checkpoint>.seconds.json`:
+    a file of its own, so that checkpoints from before it still restore), removing those of the
+    checkpoints the manager no longer keeps."""
+    write_json(checkpoint_path + ".seconds.json", seconds)
+    for path in glob.glob(os.path.join(os.path.dirname(checkpoint_path), "*.seconds.json")):
+        if path[:-len(".seconds.json")] not in kept:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+
+
+def read_seconds(checkpoint_path):
+    """The time recorded with `checkpoint_path` by `save_seconds` ({} for none: a fresh run, or a
+    checkpoint written before there were such files)."""
+    path = checkpoint_path and checkpoint_path + ".seconds.json"
+    if not path or not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        return {k: float(v) for k, v in json.load(f).items()}
+
+
 def restore_latest(checkpoint, manager, log):
     """Restores the newest readable checkpoint of `manager` (a truncated file, e.g. from a full
     disk, falls back to the one before, saying so); returns its path, or None if there is none."""
@@ -429,9 +451,12 @@ def _train(model, optimizer, train_ds, clean_ds, evaluate, run_dir, num_steps, c
                                              max_to_keep=1)
     metrics = MetricsLog(write_dir, int(step))
 
-    # Where the time goes (this session): waiting for input, training steps, evaluation and
-    # checkpoints, so a run shows whether data or evaluation holds training back.
-    seconds = dict.fromkeys(("input", "step", "eval", "checkpoint"), 0.0)
+    # Where the time goes: waiting for input, training steps, evaluation and checkpoints, so a
+    # run shows whether data or evaluation holds training back. Summed over the sessions of a
+    # resumed run, up to the checkpoint each one resumed from (`save_seconds`).
+    seconds = dict.fromkeys(("train", "input", "step", "eval", "checkpoint"), 0.0)
+    seconds.update(read_seconds(restored))
+    earlier = seconds["train"]
     start_time, start_step, row = time.time(), int(step), None
     with signals_deferred() as received:
         while int(step) < num_steps:
@@ -466,8 +491,10 @@ def _train(model, optimizer, train_ds, clean_ds, evaluate, run_dir, num_steps, c
             if (current % checkpoint_interval == 0 or current == num_steps
                     or received[0] is not None):
                 t0 = time.perf_counter()
-                manager.save(checkpoint_number=current)
+                saved = manager.save(checkpoint_number=current)
                 seconds["checkpoint"] += time.perf_counter() - t0
+                seconds["train"] = earlier + time.time() - start_time
+                save_seconds(saved, seconds, manager.checkpoints)
             if received[0] is not None:
                 name = signal.Signals(received[0]).name
                 raise Interrupted(received[0], f"stopped by {name} after step {current} of "
@@ -483,7 +510,7 @@ def _train(model, optimizer, train_ds, clean_ds, evaluate, run_dir, num_steps, c
                                 label_probability=label_probability and label_probability()))
     row = {k: float(v) for k, v in row.items()}
     row["step"] = int(row["step"])
-    row["train_seconds"] = time.time() - start_time
+    seconds["train"] = earlier + time.time() - start_time
     row.update({f"{name}_seconds": value for name, value in seconds.items()})
     row["traces"] = trace_count[0]
     return row

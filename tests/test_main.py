@@ -366,3 +366,21 @@ def test_train_seed_redraws_the_weights_and_batches_but_not_the_data():
     assert not np.array_equal(other[2], default[2])        # another batch order
     assert default[3]["train_seed"] is None and other[3]["train_seed"] == 1
     flags.FLAGS.unparse_flags()
+
+
+def test_train_seconds_add_up_over_the_sessions_of_a_resumed_run(tmp_path):
+    """result.json's times are the run's, not its last session's: each checkpoint records the
+    time so far beside it (only for the checkpoints kept), and a resumed run adds to it."""
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        main.run(["l2rw", f"--flagfile={FLAGFILE}", *STEPS, "--checkpoint_interval=10",
+                  f"--logdir={run}"], stop_at_step=35)
+    assert sorted(p.name for p in (run / "ckpt").glob("*.seconds.json")) == \
+        ["ckpt-20.seconds.json", "ckpt-30.seconds.json"]
+    before = json.loads((run / "ckpt" / "ckpt-30.seconds.json").read_text())
+    assert before["train"] > before["step"] > 0
+    time.sleep(1.0)  # not counted: between the sessions
+    result = cli(*STEPS, "--checkpoint_interval=10", f"--logdir={run}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    final = strict_json(run / "result.json")
+    assert final["train_seconds"] > before["train"] and final["step_seconds"] > before["step"]
