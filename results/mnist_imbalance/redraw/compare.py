@@ -45,23 +45,32 @@ def compare(arm, rows):
     if not dof:
         return lines + ["", "(no redrawn runs yet)"], None
     values = [r["test_accuracy"] for r in rows]
-    mean = statistics.fmean(values)
+    # One number per split, as the original's mean is one run per split.
+    mean = statistics.fmean(statistics.fmean(v) for v in by_split.values() if v)
     within = math.sqrt(sum((x - statistics.fmean(v)) ** 2
                            for v in by_split.values() for x in v) / dof)
-    # The original's mean is over one run per split, the port's over len(values) / 3 per split:
-    # under the hypothesis that both spread alike, the variance of their difference is
-    # within^2 (1/3 + 1/len(values)).
-    se = within * math.sqrt(1 / len(SEEDS) + 1 / len(values))
+    # Under the hypothesis that the original's runs spread as the port's within a split, the
+    # variance of the gap is within^2 (1/3 + sum_s 1/n_s / 9): the original's mean of one run per
+    # split, the port's mean of its split means (n_s runs on split s).
+    splits = [v for v in by_split.values() if v]
+    se = within * math.sqrt(1 / len(splits) + sum(1 / len(v) for v in splits) / len(splits) ** 2)
     original = ORIGINAL_MEAN[arm]
     gap = mean - original
-    summary = {"arm": arm, "runs": len(values), "port_mean": mean, "within_split_std": within,
-               "within_split_dof": dof, "original_mean": original, "gap": gap,
-               "se_of_gap": se, "gap_in_se": gap / se}
-    lines += ["", f"Port, {len(values)} runs on the three splits: mean {mean:.2f}; spread within "
-              f"a split (initial weights and batch order only, pooled over the splits, {dof} "
-              f"degrees of freedom): std {within:.2f}. Original code, one run per split: "
-              f"{original}. Gap {gap:+.2f} points; standard error of the gap {se:.2f} "
-              f"({gap / se:+.1f} standard errors)."]
+    try:  # two-sided, Student's t with the within-split degrees of freedom
+        from scipy import stats
+        p_value = float(2 * stats.t.sf(abs(gap / se), dof))
+    except ImportError:
+        p_value = None
+    summary = {"arm": arm, "runs": len(values), "port_mean_of_split_means": mean,
+               "within_split_std": within, "within_split_dof": dof, "original_mean": original,
+               "gap": gap, "se_of_gap": se, "gap_in_se": gap / se, "p_value": p_value}
+    lines += ["", f"Port, {len(values)} runs on the three splits: mean of the split means "
+              f"{mean:.2f}; spread within a split (initial weights and batch order only, pooled "
+              f"over the splits, {dof} degrees of freedom): std {within:.2f}. Original code, one "
+              f"run per split: {original}. Gap {gap:+.2f} points; standard error of the gap "
+              f"{se:.2f} ({gap / se:+.1f} standard errors"
+              + (f", two-sided p = {p_value:.3f} by Student's t" if p_value is not None else "")
+              + ")."]
     return lines, summary
 
 
