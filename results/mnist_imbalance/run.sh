@@ -133,8 +133,11 @@ if groups:
 sweep = [d for pattern in (r"l2rw_4000(_p[0-9.]+)?", r"baseline_8000(_p[0-9.]+)?")
          for d in arm(pattern)]
 if len({plots.load_run(d)["flags"]["pos_ratio"] for d in sweep}) > 1:
-    rows = plots.imbalance_figure(sweep, out, title="MNIST 4 vs 9, the original script's "
-                                  "setting (mean ± std over seeds)")
+    rows = plots.imbalance_figure(sweep, out)
+    seeds = sorted({r["n_seeds"] for r in rows})
+    plots.imbalance_figure(sweep, out, title="MNIST 4 vs 9, the original's setting "
+                           f"(mean ± std, {'–'.join(map(str, (seeds[0], seeds[-1])))} seeds)"
+                           if len(seeds) > 1 else None)
     print("\n".join(json.dumps(r) for r in rows))
 EOF2
 fi
