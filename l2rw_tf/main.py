@@ -151,10 +151,9 @@ flags.DEFINE_string("mixed_precision", "float32", "Keras' global dtype policy: f
 
 # Flags that define what a run computes; a run directory refuses to resume under other values.
 COMMON_RUN_FLAGS = ("task", "dataset", "model", "method", "meta_grad", "seed", "train_seed",
-                    "num_steps",
-                    "batch_size", "clean_batch_size", "lr", "lr_boundaries", "lr_values",
-                    "momentum", "weight_decay", "clean_weight_decay", "mixed_precision",
-                    "sync_batch_norm")
+                    "num_steps", "batch_size", "clean_batch_size", "lr", "lr_boundaries",
+                    "lr_values", "momentum", "weight_decay", "clean_weight_decay",
+                    "mixed_precision", "sync_batch_norm")
 TASK_RUN_FLAGS = {
     "imbalance": ("hard_mining_pool", "pos_ratio", "ntrain", "nval", "ntest",
                   "original_eval_draws"),
@@ -705,7 +704,8 @@ def train_run(run_dir, result_path, stop_at_step=None):
     init_fn = None
     if f.method == "finetune":
         source = finetune_source(f.finetune_from)
-    keras.utils.set_random_seed(train_seed())
+    seed = train_seed()
+    keras.utils.set_random_seed(seed)
     if f.deterministic:
         tf.config.experimental.enable_op_determinism()
     try:
@@ -734,7 +734,7 @@ def train_run(run_dir, result_path, stop_at_step=None):
         batch_size=f.eval_batch_size))
     config = step.StepConfig(method=f.method, meta_grad=f.meta_grad,
                              clean_weight_decay=f.clean_weight_decay, pos_ratio=f.pos_ratio,
-                             seed=train_seed(),
+                             seed=seed,
                              background_class=experiment.info.get("background_class") or 0,
                              background_weight=experiment.info.get("background_weight", 1.0))
     # A multi-worker cluster's other workers neither lock nor write the run directory.

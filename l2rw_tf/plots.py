@@ -358,12 +358,11 @@ def curves_figure(groups, out_path, title=None):
         std = np.array([s for _, s in stats])
         # A method's colour; its second and later groups (e.g. other step counts) dashed, dotted.
         method = runs[0]["flags"].get("method")
-        same_method = [m for m in drawn if m == method]
-        drawn.append(method)
         line, = ax.plot(steps, mean, color=METHOD_COLORS.get(method),
-                        linestyle=("-", "--", ":", "-.")[len(same_method) % 4],
+                        linestyle=("-", "--", ":", "-.")[drawn.count(method) % 4],
                         label=f"{label} ({len(runs)} seed{'s' * (len(runs) > 1)})")
         ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.2)
+        drawn.append(method)
     if not rows:
         plt.close(fig)
         raise NoRuns("no finished runs with metrics")

@@ -40,8 +40,8 @@ def seed_name(run):
 
 
 def summarize(runs):
-    """Groups runs by all flags except the seeds (--seed, --train_seed); mean and sample standard deviation (n - 1) of
-    each metric, as plots.mean_std."""
+    """Groups runs by all flags except the seeds (--seed, --train_seed); mean and sample
+    standard deviation (n - 1) of each metric, as plots.mean_std."""
     flag_keys = [k for k in runs[0]
                  if k not in METRICS and k not in ("run_dir", "seed", "train_seed")]
     varying = [k for k in flag_keys if len({json.dumps(r.get(k)) for r in runs}) > 1]
