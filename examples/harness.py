@@ -178,7 +178,7 @@ def run_seed(seed, args, data, build_model, out_dir):
     import numpy as np
     import tensorflow as tf
     from l2rw_tf import ranking
-    from l2rw_tf.fit import noisy_batches
+    from l2rw_tf.fit import EpochKey, noisy_batches
 
     train_x, train_y, test_x, test_y = data["train_x"], data["train_y"], data["test_x"], \
         data["test_y"]
@@ -228,9 +228,11 @@ def run_seed(seed, args, data, build_model, out_dir):
     keras.utils.set_random_seed(seed)
     plain = fresh_model()
     compile_(plain)
-    batches = noisy_batches(x, noisy_y, args.batch_size, seed=seed, optimizer=plain.optimizer)
+    epoch_key = EpochKey()
+    batches = noisy_batches(x, noisy_y, args.batch_size, seed=seed, epoch_key=epoch_key)
     start = time.perf_counter()
-    history = plain.fit(batches, epochs=args.epochs, shuffle=False, verbose=args.verbose)
+    history = plain.fit(batches, epochs=args.epochs, shuffle=False, verbose=args.verbose,
+                        callbacks=[epoch_key])
     results["plain"] = {"train_seconds": time.perf_counter() - start}
     histories += _history_rows(history, "plain")
     models["plain"] = plain

@@ -93,8 +93,9 @@ def run_seed(seed, args, arrays):
         plain.set_weights(initial)
         compile_(plain)
         t0 = time.time()
-        plain.fit(l2rw_tf.fit.noisy_batches(x, y, 100, seed=seed, optimizer=plain.optimizer),
-                  epochs=epochs, verbose=args.verbose)
+        epoch_key = l2rw_tf.fit.EpochKey()  # each epoch's order as the trainer's
+        plain.fit(l2rw_tf.fit.noisy_batches(x, y, 100, seed=seed, epoch_key=epoch_key),
+                  epochs=epochs, verbose=args.verbose, callbacks=[epoch_key])
         results["plain_seconds"] = time.time() - t0
         results["plain_test_accuracy"] = float(plain.evaluate(*test, verbose=0,
                                                               return_dict=True)["accuracy"])

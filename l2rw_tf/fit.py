@@ -106,21 +106,41 @@ def _batches_of(order, arrays, batch, drop_remainder=False):
     return tf.data.Dataset.zip((index, tf.data.Dataset.from_tensors(arrays).repeat()))
 
 
-def _order_key(optimizer):
-    """A one-element dataset: `optimizer`'s step count when an iteration starts (every epoch, for
-    `fit`), the key of that iteration's orders (0 without an optimizer). BackupAndRestore
-    restores the count, so a resumed epoch gets the key, and the order, of the uninterrupted
-    run's."""
-    if optimizer is None:
+class EpochKey(keras.callbacks.Callback):
+    """The optimizer's step count at the start of each epoch, in a variable (`key`) that keys the
+    orders of that epoch's batches (`fit`'s noisy and clean ones, `noisy_batches`').
+
+    tf.data cannot read the optimizer's count itself: it reads it when the epoch's first batch is
+    drawn, and nothing in Keras' train function makes the first step's increment of the count
+    wait for that draw (the two touch different resources), so the read would race with the
+    increment (the order of step 0 or of step 1, run by run). The callback sets `key` at every
+    `on_epoch_begin`, before Keras creates the epoch's iterator, after BackupAndRestore restored
+    the count (`on_train_begin`), and nothing changes it while the epoch's batches are drawn."""
+
+    def __init__(self):
+        super().__init__()
+        self.key = tf.Variable(tf.constant(0, tf.int64), trainable=False, name="epoch_key")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.key.assign(tf.cast(self.model.optimizer.iterations, tf.int64))
+
+    def dataset(self):
+        """A one-element dataset: the key when an iteration (an epoch of `fit`) starts."""
+        key = self.key
+        return tf.data.Dataset.range(1).map(lambda _: tf.convert_to_tensor(key))
+
+
+def _order_key(epoch_key):
+    """A one-element dataset, the key of an iteration's orders: `epoch_key`'s (an EpochKey), or 0
+    without one (every iteration in the same order)."""
+    if epoch_key is None:
         return tf.data.Dataset.from_tensors(tf.constant(0, tf.int64))
-    iterations = optimizer.iterations
-    return tf.data.Dataset.range(1).map(
-        lambda _: tf.cast(tf.convert_to_tensor(iterations), tf.int64))
+    return epoch_key.dataset()
 
 
-def _array_batches(arrays, batch_size, shuffle, seed, optimizer):
+def _array_batches(arrays, batch_size, shuffle, seed, epoch_key):
     """The tuple of arrays `arrays` (nests allowed) in batches, with each batch's positions as a
-    last element; shuffled (`shuffle`) in an order of `seed` and `_order_key(optimizer)`."""
+    last element; shuffled (`shuffle`) in an order of `seed` and `_order_key(epoch_key)`."""
     n = _length(arrays)
     arrays = tf.nest.map_structure(tf.convert_to_tensor, arrays)
 
@@ -129,22 +149,24 @@ def _array_batches(arrays, batch_size, shuffle, seed, optimizer):
             tf.range(n, dtype=tf.int64)
         return tf.data.Dataset.from_tensor_slices(index)
 
-    order = _order_key(optimizer).flat_map(order).apply(
+    order = _order_key(epoch_key).flat_map(order).apply(
         tf.data.experimental.assert_cardinality(n))
     batches = _batches_of(order, arrays, batch_size)
     return batches.map(lambda index, arrays: (*_gather(arrays, index), index))
 
 
-def noisy_batches(x, y, batch_size=32, seed=0, shuffle=True, optimizer=None):
+def noisy_batches(x, y, batch_size=32, seed=0, shuffle=True, epoch_key=None):
     """Batches (x, y) of arrays in the order in which `L2RWModel(..., seed=seed).fit(x, y,
     batch_size=batch_size, shuffle=shuffle)` draws them, for a plain `model.fit` to train in the
-    same order: give that model's optimizer (compile it first), whose step count keys each
-    epoch's order as the trainer's own does (so both must start from the same count, e.g. 0).
+    same order: give an `EpochKey`, and the same one to that fit's callbacks, so that each epoch's
+    order is keyed on the plain optimizer's step count as the trainer's own is (so both must start
+    from the same count, e.g. 0). Without one, every epoch has the order of a first epoch.
 
+        key = l2rw_tf.fit.EpochKey()
         plain.compile(optimizer=keras.optimizers.SGD(0.1), loss=...)
-        plain.fit(noisy_batches(x, y, 100, seed=0, optimizer=plain.optimizer), epochs=20)
+        plain.fit(noisy_batches(x, y, 100, seed=0, epoch_key=key), epochs=20, callbacks=[key])
     """
-    return _array_batches((x, y), batch_size, shuffle, seed, optimizer).map(
+    return _array_batches((x, y), batch_size, shuffle, seed, epoch_key).map(
         lambda x, y, position: (x, y))
 
 
@@ -230,8 +252,8 @@ class L2RWModel(keras.Model):
     `weight_on` groups, as positions do for arrays; without ids a dataset keeps none.
 
     Order and resuming: the noisy arrays are shuffled and the clean set drawn in an order that is
-    a function of `seed` and of the optimizer's step count when an epoch's iteration starts, not
-    of how many epochs this process has run. So `keras.callbacks.BackupAndRestore` (which restores
+    a function of `seed` and of the optimizer's step count when an epoch starts (`EpochKey`, a
+    callback `fit` adds), not of how many epochs this process has run. So `keras.callbacks.BackupAndRestore` (which restores
     the weights, the optimizer with its step count, the epoch and `example_stats`, a weight of
     the wrapper; the wrapper also saves the model's seed-generator states, which Keras leaves
     out, so dropout draws the same masks) resumes an interrupted `fit` in the order of an
@@ -239,7 +261,7 @@ class L2RWModel(keras.Model):
     uninterrupted fits of a convolutional model can differ in the last bits on oneDNN, whose
     multithreaded convolution gradients are not bit-exact, and L2RW's zero weights amplify
     that); a second `fit` continues with new orders. `noisy_batches` gives a plain `model.fit`
-    the batches in the trainer's order. (A noisy *dataset* keeps its own
+    the batches in the trainer's order (with an `EpochKey` of its own). (A noisy *dataset* keeps its own
     order: for an exact resume it must not depend on the process' history, e.g. no
     `reshuffle_each_iteration`; and `steps_per_epoch` carries one iteration over epochs, which a
     backup does not record.)
@@ -366,9 +388,6 @@ class L2RWModel(keras.Model):
 
     # The data fit iterates: the noisy batches zipped with endless clean batches.
 
-    def _order_key(self):
-        return _order_key(getattr(self, "optimizer", None))
-
     def _clean_arrays(self):
         """The clean set as tensors (x, y)."""
         data = self.clean_data
@@ -389,9 +408,9 @@ class L2RWModel(keras.Model):
             raise ValueError("clean_data is empty; give arrays (x, y) of the clean set")
         return arrays, size
 
-    def clean_dataset(self, noisy_batch_size):
+    def clean_dataset(self, noisy_batch_size, epoch_key=None):
         """The clean set in endless batches of `clean_batch_size`, in a new order every pass (a
-        function of `seed`, the key of `_order_key` and the pass)."""
+        function of `seed`, of the key of `_order_key(epoch_key)` and of the pass)."""
         arrays, size = self._clean_arrays()
         batch = self.clean_batch_size or default_clean_batch_size(size, noisy_batch_size)
         if not 0 < batch <= size:
@@ -404,14 +423,15 @@ class L2RWModel(keras.Model):
                 lambda p: tf.data.Dataset.from_tensor_slices(_permutation(
                     size, tf.random.experimental.stateless_fold_in(base, p))))
 
-        order = self._order_key().flat_map(endless).apply(
+        order = _order_key(epoch_key).flat_map(endless).apply(
             tf.data.experimental.assert_cardinality(tf.data.INFINITE_CARDINALITY))
         batches = _batches_of(order, arrays, batch, drop_remainder=True)
         return batches.map(lambda index, arrays: _gather(arrays, index))
 
-    def _array_dataset(self, x, y, sample_weight, batch_size, shuffle):
+    def _array_dataset(self, x, y, sample_weight, batch_size, shuffle, epoch_key):
         """Arrays (or nests of arrays) as batches (x, y, sample_weight, position), shuffled in an
-        order of `seed` and `_order_key`; `position` keys the per-example weight statistics."""
+        order of `seed` and `_order_key(epoch_key)`; `position` keys the per-example weight
+        statistics."""
         n = _length((x, y))
         if sample_weight is None:
             sample_weight = np.ones(n, np.float32)
@@ -419,7 +439,7 @@ class L2RWModel(keras.Model):
         if len(sample_weight) != n:
             raise ValueError(f"sample_weight has {len(sample_weight)} entries for {n} examples")
         return _array_batches((x, y, sample_weight), batch_size, shuffle, self.seed,
-                              getattr(self, "optimizer", None)), n
+                              epoch_key), n
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, sample_weight=None,
             shuffle=True, class_weight=None, validation_split=0.0, **kwargs):
@@ -443,6 +463,9 @@ class L2RWModel(keras.Model):
             raise ValueError("meta_grad='jvp' does not differentiate through synchronized "
                              "BatchNorm's all-reduce (forward mode): use 'lookahead' or 'auto'")
         self._mark_built()
+        # Keys every epoch's orders on the step count at its start (see EpochKey: why not the
+        # optimizer's count itself).
+        epoch_key = EpochKey()
         if isinstance(x, tf.data.Dataset):
             if y is not None or sample_weight is not None or validation_split:
                 raise ValueError("with a dataset, y, sample_weight and validation_split come "
@@ -460,16 +483,23 @@ class L2RWModel(keras.Model):
             if validation_split:
                 raise ValueError("validation_split is not supported; pass validation_data")
             noisy_batch = batch_size or 32
-            noisy, n = self._array_dataset(x, y, sample_weight, noisy_batch, shuffle)
+            noisy, n = self._array_dataset(x, y, sample_weight, noisy_batch, shuffle,
+                                           epoch_key)
             if self.num_examples is not None and n != self.num_examples:
                 raise ValueError(f"num_examples={self.num_examples}, but the arrays given to fit "
                                  f"hold {n} examples")
             self._track_examples(n)
-        data = tf.data.Dataset.zip((noisy, self.clean_dataset(noisy_batch)))
+        data = tf.data.Dataset.zip((noisy, self.clean_dataset(noisy_batch, epoch_key)))
         if int(noisy.cardinality()) >= 0:
             data = data.apply(tf.data.experimental.assert_cardinality(noisy.cardinality()))
+        callbacks = kwargs.pop("callbacks", None)
+        if isinstance(callbacks, keras.callbacks.CallbackList):  # Keras uses it as it is
+            callbacks.callbacks.append(epoch_key)
+            epoch_key.set_model(self)
+        else:
+            callbacks = [*(callbacks or []), epoch_key]
         return super().fit(data.prefetch(tf.data.AUTOTUNE), epochs=epochs, shuffle=False,
-                           **kwargs)
+                           callbacks=callbacks, **kwargs)
 
     def _track_examples(self, num_examples):
         for name, mask in self.weight_on.items():

@@ -495,10 +495,59 @@ def test_a_fit_on_other_examples_replaces_the_statistics(tmp_path):
     assert trainer.example_weights()["times_seen"].tolist() == [1] * 40
 
 
+def test_every_epochs_clean_order_is_keyed_on_the_step_count_at_its_start_with_slow_batches():
+    """Keras' first step of an epoch increments the optimizer's count without waiting for the
+    epoch's first batch: read by tf.data while that batch is drawn (slowly, here), the count would
+    already be 1 ahead, run by run or not. Every epoch's clean batches are those of the count at
+    the epoch's start (fit.EpochKey)."""
+    import time
+    from l2rw_tf.fit import EpochKey
+    n, batch, clean, clean_batch, epochs = 40, 20, 10, 4, 3
+    x = np.random.default_rng(0).normal(size=(n, 6)).astype(np.float32)
+    targets = np.arange(n, dtype=np.float32)[:, None]
+
+    def slowly(x, y):
+        done = tf.py_function(lambda: time.sleep(0.3) or 0.0, [], tf.float32)
+        return x + 0.0 * done, y
+
+    class Recording(L2RWModel):
+        seen = tf.Variable(tf.fill([epochs * 2, clean_batch], -1.0))
+
+        def train_step(self, data):
+            clean_y = data[1][1]
+            step = tf.cast(self.optimizer.iterations, tf.int32)
+            self.seen.assign(tf.tensor_scatter_nd_update(self.seen, [[step]], [clean_y[:, 0]]))
+            return super().train_step(data)
+
+    trainer = Recording(mlp(outputs=1), clean_data=(x[:clean], targets[:clean]),
+                        clean_batch_size=clean_batch, seed=2)
+    trainer.compile(optimizer=keras.optimizers.SGD(1e-4), loss="mse")
+    noisy = tf.data.Dataset.from_tensor_slices((x, targets)).batch(batch).map(slowly)
+    trainer.fit(noisy, epochs=epochs, verbose=0)
+    epoch_key = EpochKey()
+    for epoch in range(epochs):
+        epoch_key.key.assign(2 * epoch)  # two steps an epoch
+        first = next(iter(trainer.clean_dataset(batch, epoch_key)))[1][:, 0].numpy()
+        assert trainer.seen.numpy()[2 * epoch].tolist() == first.tolist(), epoch
+
+
+def test_callbacks_given_as_a_callback_list_get_the_epoch_key_too():
+    """Keras uses a CallbackList as it is given: fit adds its EpochKey to it, and trains as with a
+    list of the same callbacks."""
+    x, y, cx, cy = tabular(n=60)
+    by_list, _ = fitted(2, x, y, cx, cy, callbacks=[keras.callbacks.History()])
+    trainer = L2RWModel(mlp(), clean_data=(cx, cy), clean_batch_size=8)
+    trainer.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss=SCCE)
+    callbacks = keras.callbacks.CallbackList([keras.callbacks.History()], model=trainer)
+    trainer.fit(x, y, batch_size=30, epochs=2, verbose=0, callbacks=callbacks)
+    for a, b in zip(by_list.model.get_weights(), trainer.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
 def test_noisy_batches_give_a_plain_fit_the_trainers_order():
     """A plain model fitted on fit.noisy_batches (keyed on its own optimizer's step count) sees,
     step by step, the examples L2RWModel.fit draws, over several epochs."""
-    from l2rw_tf.fit import noisy_batches
+    from l2rw_tf.fit import EpochKey, noisy_batches
     n, batch, epochs = 50, 20, 3  # 3 steps an epoch, the last one of 10
     x = np.random.default_rng(0).normal(size=(n, 6)).astype(np.float32)
     targets = np.arange(n, dtype=np.float32)[:, None]  # each example's position
@@ -522,8 +571,9 @@ def test_noisy_batches_give_a_plain_fit_the_trainers_order():
     plain = mlp(outputs=1)
     plain = recording(keras.Sequential)(plain.layers)
     plain.compile(optimizer=keras.optimizers.SGD(1e-4), loss="mse")
-    plain.fit(noisy_batches(x, targets, batch, seed=4, optimizer=plain.optimizer),
-              epochs=epochs, verbose=0)
+    epoch_key = EpochKey()
+    plain.fit(noisy_batches(x, targets, batch, seed=4, epoch_key=epoch_key), epochs=epochs,
+              verbose=0, callbacks=[epoch_key])
     seen = trainer.seen.numpy()
     np.testing.assert_array_equal(plain.seen.numpy(), seen)
     epoch_orders = seen.reshape(epochs, -1)
