@@ -112,7 +112,9 @@ def test_only_l2rw_run_directories_record_meta_grad(tmp_path):
                 main.prepare_run_dir(str(run))
 
 
-@pytest.mark.parametrize("method", ["l2rw", "random"])
+# The second method and the second signal run in the slow pass (.ci/run): the default suite keeps
+# one of each under ~10 minutes on 2 cores.
+@pytest.mark.parametrize("method", ["l2rw", pytest.param("random", marks=pytest.mark.slow)])
 def test_kill_and_resume_matches_uninterrupted_run(tmp_path, method):
     args = [f"--method={method}", "--num_steps=80", "--eval_interval=20",
             "--checkpoint_interval=30"]
@@ -311,7 +313,8 @@ def test_a_truncated_checkpoint_falls_back_to_the_one_before(tmp_path, straight_
         f"the run from the start")
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [pytest.param(signal.SIGINT, marks=pytest.mark.slow),
+                                    signal.SIGTERM])
 def test_a_signal_saves_the_current_step_and_the_resumed_run_is_unchanged(
         tmp_path, straight_run, signum):
     run = tmp_path / "run"
