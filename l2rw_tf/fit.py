@@ -253,18 +253,18 @@ class L2RWModel(keras.Model):
 
     Order and resuming: the noisy arrays are shuffled and the clean set drawn in an order that is
     a function of `seed` and of the optimizer's step count when an epoch starts (`EpochKey`, a
-    callback `fit` adds), not of how many epochs this process has run. So `keras.callbacks.BackupAndRestore` (which restores
-    the weights, the optimizer with its step count, the epoch and `example_stats`, a weight of
-    the wrapper; the wrapper also saves the model's seed-generator states, which Keras leaves
-    out, so dropout draws the same masks) resumes an interrupted `fit` in the order of an
-    uninterrupted one, and ends with its weights (as far as the kernels are reproducible: two
-    uninterrupted fits of a convolutional model can differ in the last bits on oneDNN, whose
-    multithreaded convolution gradients are not bit-exact, and L2RW's zero weights amplify
-    that); a second `fit` continues with new orders. `noisy_batches` gives a plain `model.fit`
-    the batches in the trainer's order (with an `EpochKey` of its own). (A noisy *dataset* keeps its own
-    order: for an exact resume it must not depend on the process' history, e.g. no
-    `reshuffle_each_iteration`; and `steps_per_epoch` carries one iteration over epochs, which a
-    backup does not record.)
+    callback `fit` adds), not of how many epochs this process has run. So
+    `keras.callbacks.BackupAndRestore` (which restores the weights, the optimizer with its step
+    count, the epoch and `example_stats`, a weight of the wrapper; the wrapper also saves the
+    model's seed-generator states, which Keras leaves out, so dropout draws the same masks)
+    resumes an interrupted `fit` in the order of an uninterrupted one, and ends with its weights
+    (as far as the kernels are reproducible: two uninterrupted fits of a convolutional model can
+    differ in the last bits on oneDNN, whose multithreaded convolution gradients are not
+    bit-exact, and L2RW's zero weights amplify that); a second `fit` continues with new orders.
+    `noisy_batches` gives a plain `model.fit` the batches in the trainer's order (with an
+    `EpochKey` of its own). (A noisy *dataset* keeps its own order: for an exact resume it must
+    not depend on the process' history, e.g. no `reshuffle_each_iteration`; and
+    `steps_per_epoch` carries one iteration over epochs, which a backup does not record.)
 
     Callbacks (tested: TensorBoard, which logs the weight metrics of the module docstring beside
     the compiled ones; EarlyStopping; ModelCheckpoint; BackupAndRestore). Saving:
