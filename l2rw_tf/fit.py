@@ -124,18 +124,15 @@ class EpochKey(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.key.assign(tf.cast(self.model.optimizer.iterations, tf.int64))
 
-    def dataset(self):
-        """A one-element dataset: the key when an iteration (an epoch of `fit`) starts."""
-        key = self.key
-        return tf.data.Dataset.range(1).map(lambda _: tf.convert_to_tensor(key))
-
 
 def _order_key(epoch_key):
-    """A one-element dataset, the key of an iteration's orders: `epoch_key`'s (an EpochKey), or 0
-    without one (every iteration in the same order)."""
+    """A one-element dataset, the key of an iteration's orders: `epoch_key.key` (an EpochKey's)
+    when the iteration (an epoch of `fit`) starts, or 0 without one (every iteration in the same
+    order)."""
     if epoch_key is None:
         return tf.data.Dataset.from_tensors(tf.constant(0, tf.int64))
-    return epoch_key.dataset()
+    key = epoch_key.key
+    return tf.data.Dataset.range(1).map(lambda _: tf.convert_to_tensor(key))
 
 
 def _array_batches(arrays, batch_size, shuffle, seed, epoch_key):

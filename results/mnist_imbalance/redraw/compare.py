@@ -40,19 +40,18 @@ def compare(arm, rows):
     for s, values in by_split.items():
         lines.append(f"| {s} | {' / '.join(f'{v:.1f}' for v in values)} | "
                      f"{statistics.fmean(values):.2f} |" if values else f"| {s} | | |")
+    splits = [v for v in by_split.values() if v]  # the splits with runs
     # Pooled within-split variance: the spread that initial weights and batch order alone give.
-    dof = sum(len(v) - 1 for v in by_split.values() if v)
+    dof = sum(len(v) - 1 for v in splits)
     if not dof:
         return lines + ["", "(no redrawn runs yet)"], None
     values = [r["test_accuracy"] for r in rows]
     # One number per split, as the original's mean is one run per split.
-    mean = statistics.fmean(statistics.fmean(v) for v in by_split.values() if v)
-    within = math.sqrt(sum((x - statistics.fmean(v)) ** 2
-                           for v in by_split.values() for x in v) / dof)
+    mean = statistics.fmean(statistics.fmean(v) for v in splits)
+    within = math.sqrt(sum((x - statistics.fmean(v)) ** 2 for v in splits for x in v) / dof)
     # Under the hypothesis that the original's runs spread as the port's within a split, the
     # variance of the gap is within^2 (1/3 + sum_s 1/n_s / 9): the original's mean of one run per
     # split, the port's mean of its split means (n_s runs on split s).
-    splits = [v for v in by_split.values() if v]
     se = within * math.sqrt(1 / len(splits) + sum(1 / len(v) for v in splits) / len(splits) ** 2)
     original = ORIGINAL_MEAN[arm]
     gap = mean - original
