@@ -38,14 +38,26 @@ def choose_meta_grad(model, replicas=1):
     """The fastest exact meta-gradient for `model`: `layerwise` where it applies (a chain of
     Dense / Conv2D layers without BatchNorm or dropout), else `jvp` (results/bench), except on
     several replicas with synchronized BatchNorm, through whose all-reduce forward mode does not
-    differentiate: `lookahead` (distribute.py)."""
+    differentiate, and on recurrent models (`has_recurrent_layer`): `lookahead`."""
     try:
         reweight.layerwise_layers(model)
     except (ValueError, AttributeError):
         synchronized = any(getattr(layer, "synchronized", False)
                            for layer in model._flatten_layers())  # noqa: SLF001
-        return "lookahead" if replicas > 1 and synchronized else "jvp"
+        if has_recurrent_layer(model) or (replicas > 1 and synchronized):
+            return "lookahead"
+        return "jvp"
     return "layerwise"
+
+
+def has_recurrent_layer(model):
+    """True when `model` holds a recurrent layer (any `keras.layers.RNN`: LSTM, GRU, SimpleRNN,
+    also inside Bidirectional). Traced, its loop writes every time step to a TensorArray, and
+    TensorFlow's forward mode (`ForwardAccumulator`, the `jvp` method) fails on TensorArrays in a
+    while loop ("dtype variant is not compatible with int64"; eager, where the loop is Python, it
+    works): `lookahead`, reverse mode only, runs there."""
+    return any(isinstance(layer, keras.layers.RNN)
+               for layer in model._flatten_layers())  # noqa: SLF001
 
 
 def per_example(loss):
@@ -459,6 +471,10 @@ class L2RWModel(keras.Model):
                         for layer in self.model._flatten_layers())):  # noqa: SLF001
             raise ValueError("meta_grad='jvp' does not differentiate through synchronized "
                              "BatchNorm's all-reduce (forward mode): use 'lookahead' or 'auto'")
+        if self.meta_grad == "jvp" and has_recurrent_layer(self.model):
+            raise ValueError("meta_grad='jvp' does not run through a recurrent layer's loop in "
+                             "a traced step (TensorFlow's forward mode fails on its "
+                             "TensorArrays): use meta_grad='lookahead' or 'auto'")
         self._mark_built()
         # Keys every epoch's orders on the step count at its start (see EpochKey: why not the
         # optimizer's count itself).
@@ -581,9 +597,10 @@ class L2RWModel(keras.Model):
         known = position >= 0
         if self.example_stats is not None:
             index = tf.boolean_mask(position, known)[:, None]
-            self.example_stats.assign(tf.tensor_scatter_nd_add(
-                self.example_stats.value, index, tf.boolean_mask(
-                    tf.stack([tf.ones_like(weights), weights * n, is_zero], axis=1), known)))
+            updates = tf.stack([tf.ones_like(weights), weights * n, is_zero], axis=1)
+            self.example_stats.assign(tf.tensor_scatter_nd_add(  # float64 under floatx float64
+                self.example_stats.value, index,
+                tf.cast(tf.boolean_mask(updates, known), self.example_stats.dtype)))
             for name, mask in self._group_masks.items():
                 in_group = tf.cast(tf.gather(mask, tf.maximum(position, 0)), tf.float32)
                 self.group_weights[name].update_state(

@@ -388,3 +388,33 @@ def test_weights_are_a_deterministic_function_of_the_state():
     seed_states[0].assign_add([0, 1])
     moved = reweight.example_weights(fresh, noisy, clean, "jvp", True)
     assert np.max(np.abs(moved.numpy() - first[0].numpy())) > 1e-4
+
+
+# ---- recurrent models (issue 24): the step runs traced, with the exact weights ---------------
+
+def recurrent_model(kind):
+    """Token ids → Embedding → a recurrent layer → Dense, the embedding's gradient sparse."""
+    keras.utils.set_random_seed(4)
+    tokens = keras.Input((LENGTH,), dtype="int32")
+    x = keras.layers.Embedding(VOCAB, 5)(tokens)
+    if kind == "Bidirectional":
+        x = keras.layers.Bidirectional(keras.layers.LSTM(4))(x)
+    else:
+        x = getattr(keras.layers, kind)(6)(x)
+    return keras.Model(tokens, keras.layers.Dense(3)(x))
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "SimpleRNN", "Bidirectional"])
+def test_recurrent_models_traced_step_has_the_weights_of_eager_jvp(kind):
+    """`auto` takes lookahead on a recurrent model (forward mode fails on a traced loop's
+    TensorArrays, fit.has_recurrent_layer); its traced fused step gives the weights of jvp run
+    eagerly (where the loop is Python), the other exact method."""
+    from l2rw_tf.fit import choose_meta_grad
+    model = recurrent_model(kind)
+    assert choose_meta_grad(model) == "lookahead"
+    noisy, clean = token_batches(seed=2)
+    want = reweight.example_weights(model, noisy, clean, "jvp")
+    got = tf.function(lambda: reweight.fused_lookahead_gradients(model, noisy, clean))()
+    assert 0 < int(tf.reduce_sum(tf.cast(want > 0, tf.int32))) < 12  # a real weighting
+    assert relative_error(got.example_weights, want) <= 1e-4
+    assert all(g is not None for g in got.gradients)
