@@ -238,6 +238,14 @@ class L2RWModel(keras.Model):
         clean_batch_size: clean examples per step (default `default_clean_batch_size`: the
         noisy batch size but at least 100, as the paper's steps; the whole clean set if smaller).
     meta_grad: "auto" (the fastest exact method for the model), "layerwise", "jvp" or "lookahead".
+    meta_dropout: False (default): the example weights come from meta passes without dropout
+        (every Dropout / SpatialDropout / AlphaDropout / GaussianDropout / GaussianNoise layer
+        silent; BatchNorm still on batch statistics), and the weighted step keeps the model's
+        dropout. On a BatchNorm + dropout CNN, one dropout draw in the meta passes made the
+        weights mostly noise and L2RW lost up to 40 points to plain training
+        (results/stability/README.md). True: Algorithm 1 as the paper and the original code run
+        it, dropout active in the meta passes. Models without such layers train the same either
+        way, bit for bit.
     include_regularization: the model's regularisation losses (weight decay) in the clean meta
         loss, as the original CIFAR code.
     num_examples: the number of training examples, to keep per-example statistics of a fit on a
@@ -288,7 +296,7 @@ class L2RWModel(keras.Model):
 
     def __init__(self, model, clean_data, clean_batch_size=None, meta_grad="auto",
                  include_regularization=True, weight_on=None, seed=0, num_examples=None,
-                 **kwargs):
+                 meta_dropout=False, **kwargs):
         super().__init__(**kwargs)
         if meta_grad not in ("auto",) + reweight.META_GRADIENTS:
             raise ValueError(f"meta_grad={meta_grad!r}: choose auto or one of "
@@ -300,6 +308,7 @@ class L2RWModel(keras.Model):
         self.clean_batch_size = clean_batch_size
         self.requested_meta_grad = meta_grad
         self.include_regularization = include_regularization
+        self.meta_dropout = bool(meta_dropout)
         self.seed = seed
         self.num_examples = None if num_examples is None else int(num_examples)
         self.weight_on = {name: np.asarray(mask, bool) for name, mask in (weight_on or {}).items()}
@@ -343,6 +352,7 @@ class L2RWModel(keras.Model):
             model=keras.saving.serialize_keras_object(self.model),
             clean_batch_size=self.clean_batch_size, meta_grad=self.requested_meta_grad,
             include_regularization=self.include_regularization, seed=self.seed,
+            meta_dropout=self.meta_dropout,
             num_examples=self.num_examples,
             weight_on={name: {"size": len(mask), "true": np.flatnonzero(mask).tolist()}
                        for name, mask in self.weight_on.items()})
@@ -537,7 +547,8 @@ class L2RWModel(keras.Model):
                              f"{replicas} replicas: give a clean_batch_size divisible by them")
         # The step of step.py, the command line's, on the compiled loss per example.
         config = StepConfig(method="l2rw", meta_grad=self.meta_grad,
-                            clean_weight_decay=self.include_regularization)
+                            clean_weight_decay=self.include_regularization,
+                            meta_dropout=self.meta_dropout)
         # Loss scaling as Keras' own train_step (`optimizer.scale_loss`): under mixed_float16,
         # `compile` wraps the optimizer in a LossScaleOptimizer, which unscales the gradients.
         result = step_gradients(self.model, config, (x, y, sample_weight), (clean_x, clean_y),

@@ -53,6 +53,7 @@ S as `loss_scale` (None: no scaling): it multiplies the objective it differentia
 losses, clean meta loss, regularisation alike), and the gradients it returns are scaled by it
 (the LossScaleOptimizer divides them); the losses it returns are not.
 """
+import contextlib
 from typing import NamedTuple
 
 import keras
@@ -155,6 +156,36 @@ def meta_pass_state(model, clean=False):
         return values
     return [value + tf.constant([0, CLEAN_PASS_SEED_OFFSET], value.dtype) if is_seed_state(v)
             else value for v, value in zip(model.non_trainable_variables, values)]
+
+
+# The layers whose training-mode call adds random noise, with the attribute that sets how much
+# (SpatialDropout1D/2D/3D are Dropout layers). Each skips its noise when that attribute is 0.
+NOISE_LAYERS = ((keras.layers.Dropout, "rate"), (keras.layers.AlphaDropout, "rate"),
+                (keras.layers.GaussianDropout, "rate"), (keras.layers.GaussianNoise, "stddev"))
+
+
+def noise_layers(model):
+    """[(layer, attribute)] of every dropout or noise layer of `model` (nested models included)."""
+    return [(layer, attribute) for layer in model._flatten_layers()  # noqa: SLF001
+            for kind, attribute in NOISE_LAYERS if isinstance(layer, kind)]
+
+
+@contextlib.contextmanager
+def noise_off(model):
+    """Every dropout and noise layer of `model` draws no noise while inside: its rate (stddev) is
+    0 while the calls made inside are traced, and set back on leaving. Everything else runs as in
+    training mode (BatchNorm on the batch's statistics). The meta passes of L2RWModel's default
+    (`StepConfig.meta_dropout=False`) run inside it: one dropout draw makes an example's
+    alignment mostly noise (results/stability/README.md)."""
+    layers = noise_layers(model)
+    values = [getattr(layer, attribute) for layer, attribute in layers]
+    for layer, attribute in layers:
+        setattr(layer, attribute, 0.0)
+    try:
+        yield
+    finally:
+        for (layer, attribute), value in zip(layers, values):
+            setattr(layer, attribute, value)
 
 
 def forward(model, params, x, return_losses=False, clean=False):

@@ -40,11 +40,23 @@ class StepConfig:
     background_class: int = -1       # for `weighted`: the BackgroundFlip class ...
     background_weight: float = 1.0   # ... and its weight before normalisation
     fused: bool = True               # l2rw: one noisy forward pass for weights and step
+    # l2rw: dropout (and other noise layers) active in the meta passes, as the paper and the
+    # original code; False: the weights from the meta passes without it, the step with it
+    # (L2RWModel's default, results/stability/README.md).
+    meta_dropout: bool = True
 
 
 def l2rw_step(model, config, noisy, clean, rng, loss_fn, loss_scale=None):
     """The L2RW step: fused, one noisy forward pass gives the weights and the weighted step;
-    unfused (benchmarks), `reweight.example_weights` and then the weighted step."""
+    unfused (benchmarks), `reweight.example_weights` and then the weighted step. Without
+    `meta_dropout`, on a model with dropout: the weights from meta passes without dropout
+    (`reweight.noise_off`), then the weighted step's own forward pass, with its dropout; on a
+    model without, the same as with it."""
+    if not config.meta_dropout and reweight.noise_layers(model):
+        with reweight.noise_off(model):
+            weights = reweight.example_weights(model, noisy, clean, config.meta_grad,
+                                               config.clean_weight_decay, loss_fn, loss_scale)
+        return weighted_step(model, weights, noisy, loss_fn, loss_scale)
     if not config.fused:
         weights = reweight.example_weights(model, noisy, clean, config.meta_grad,
                                            config.clean_weight_decay, loss_fn, loss_scale)
