@@ -217,6 +217,165 @@ def _noisy_element(element, num_examples):
     return x, y, tf.cast(sample_weight, tf.float32), example_id
 
 
+def _is_positive_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+
+
+def _as_arrays(data):
+    """x or y as `fit` or `clean_data` takes them, with Python lists made arrays: a list of
+    arrays (a model's several inputs, as Keras' own fit takes them) becomes a tuple of them (tf.data
+    would stack a list into one tensor), a list of numbers (or of lists) one array."""
+    if isinstance(data, dict):
+        return {key: _as_arrays(value) for key, value in data.items()}
+    if isinstance(data, list):
+        if data and all(hasattr(item, "shape") for item in data):
+            return tuple(data)
+        return np.asarray(data)
+    return data
+
+
+def _check_clean_data(clean_data):
+    """Refuses a clean set that is neither a dataset nor a pair (x, y) (None: set later)."""
+    if clean_data is None or isinstance(clean_data, tf.data.Dataset):
+        return
+    if not isinstance(clean_data, (tuple, list)) or len(clean_data) != 2:
+        what = (f"a {type(clean_data).__name__} of {len(clean_data)}"
+                if isinstance(clean_data, (tuple, list)) else type(clean_data).__name__)
+        raise ValueError(f"clean_data must be (x, y) (arrays) or a tf.data.Dataset of unbatched "
+                         f"(x, y) pairs, not {what}: the clean meta loss is unweighted, give no "
+                         f"sample weights")
+
+
+# Why a model of no trainable weights is refused.
+_NOT_TRAINABLE = ("the model has no trainable weights (is it, or every layer, frozen?): L2RW "
+                  "weighs examples by their loss gradients; unfreeze it (model.trainable = True)")
+
+
+def _is_sparse_cross_entropy(loss):
+    """True for a loss (as `compile` takes it) that takes class ids as labels."""
+    loss = keras.losses.get(loss) if isinstance(loss, str) else loss
+    return getattr(loss, "fn", loss) is keras.losses.sparse_categorical_crossentropy
+
+
+def _check_labels(y, name, classes):
+    """Refuses labels given as strings (TypeError) and, when `classes` is not None (a sparse
+    cross-entropy on a model of that many outputs; 0: unknown), negative class ids or ids of
+    `classes` or more (ValueError): TensorFlow would fail on them deep in the step, or give them
+    a loss of NaN. `name` names them in the message ("y", "clean_data's y")."""
+    for labels in tf.nest.flatten(y):
+        labels = np.asarray(labels)
+        if labels.dtype.kind in "USO" and labels.size and isinstance(labels.flat[0], (str, bytes)):
+            raise TypeError(f"{name} holds strings ({labels.flat[0]!r}, ...): give integer class "
+                            f"ids, e.g. from np.unique(labels, return_inverse=True)")
+        if classes is None or not labels.size or labels.dtype.kind not in "iuf":
+            continue
+        if labels.min() < 0:
+            raise ValueError(f"{name} holds negative labels (min {labels.min()}): class ids "
+                             f"must be in [0, number of classes)")
+        if classes and labels.max() >= classes:
+            raise ValueError(f"{name} holds labels up to {labels.max()}, but the model has "
+                             f"{classes} outputs: class ids must be in [0, {classes}) (a sparse "
+                             f"cross-entropy takes one output per class)")
+
+
+def _examples_of(spec):
+    """The (x, y) specs of a dataset element as `_noisy_element` reads it, or None."""
+    if isinstance(spec, dict) and {"x", "y"} <= set(spec):
+        return spec["x"], spec["y"]
+    if isinstance(spec, tuple) and len(spec) >= 2:
+        return spec[0], spec[1]
+    return None
+
+
+def _input_ranks(model):
+    """The ranks (batch dimension included) of `model`'s inputs, or None when unknown."""
+    inputs = getattr(model, "inputs", None) if getattr(model, "built", False) else None
+    return [len(t.shape) for t in tf.nest.flatten(inputs)] if inputs else None
+
+
+def _structure(nest):
+    return tf.nest.map_structure(lambda _: "array", nest)
+
+
+def _check_same_examples(noisy, clean):
+    """Refuses a clean set whose examples are not of the noisy batches' kind: given the (x, y)
+    specs of batches of both, the same structure and per-example shapes (features, one-hot
+    widths)."""
+    for name, a, b in zip(("x", "y"), noisy, clean):
+        try:
+            tf.nest.assert_same_structure(a, b)
+        except (ValueError, TypeError):
+            raise ValueError(f"clean_data's {name} is {_structure(b)}, fit's {name} is "
+                             f"{_structure(a)}: give both the same inputs") from None
+        for sa, sb in zip(tf.nest.flatten(a), tf.nest.flatten(b)):
+            if not sa.shape[1:].is_compatible_with(sb.shape[1:]):
+                raise ValueError(f"clean_data's {name} holds examples of shape "
+                                 f"{tuple(sb.shape[1:])}, fit's {name} of shape "
+                                 f"{tuple(sa.shape[1:])}: the clean set must hold examples of "
+                                 f"the same kind (same features, same label encoding)")
+
+
+def _refuse_batch_level_backups(callbacks):
+    """BackupAndRestore saving within an epoch (`save_freq=N` batches) would not resume exactly:
+    an epoch's order is keyed on the step count at its start (EpochKey), and Keras resumes such a
+    backup in the middle of an epoch, from a count that keys another order."""
+    if isinstance(callbacks, keras.callbacks.CallbackList):
+        callbacks = callbacks.callbacks
+    for callback in callbacks or []:
+        if (isinstance(callback, keras.callbacks.BackupAndRestore)
+                and callback.save_freq not in ("epoch", False)):
+            raise ValueError(f"BackupAndRestore(save_freq={callback.save_freq!r}) is not "
+                             f"supported by L2RWModel.fit: a backup within an epoch would not "
+                             f"resume in the order of an uninterrupted fit; use "
+                             f"save_freq='epoch' (the default), which resumes exactly")
+
+
+# In-graph checks of a dataset's batches: the assertion's message, and the ValueError `fit`
+# raises in place of TensorFlow's error when one fails.
+DATASET_CHECKS = {
+    "L2RWModel: label out of range": "the dataset's y holds labels outside [0, {classes}) (the "
+                                     "model's outputs): class ids must be in [0, {classes})",
+    "L2RWModel: negative sample weight": "the dataset's sample_weight holds negative values: "
+                                         "L2RW needs sample weights >= 0 (0 leaves an example "
+                                         "out of its step)",
+}
+
+
+def _checked_batch(x, y, sample_weight, example_id, classes):
+    """A noisy dataset batch (as `_noisy_element` gives it), its sample weights checked
+    non-negative and, when `classes` is known (a sparse cross-entropy), its labels checked in
+    [0, classes): the assertions' messages are keys of DATASET_CHECKS."""
+    checks = [tf.debugging.assert_non_negative(
+        sample_weight, message="L2RWModel: negative sample weight")]
+    if classes:
+        labels = tf.cast(tf.nest.flatten(y)[0], tf.int64)
+        checks += [tf.debugging.assert_non_negative(
+                       labels, message="L2RWModel: label out of range"),
+                   tf.debugging.assert_less(labels, tf.constant(classes, tf.int64),
+                                            message="L2RWModel: label out of range")]
+    with tf.control_dependencies(checks):
+        return x, tf.nest.map_structure(tf.identity, y), tf.identity(sample_weight), example_id
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Raises FloatingPointError, naming the step, after the batch in which the trainer's step
+    found a NaN or infinite value (`L2RWModel.diverged_at`; that step kept the model and the
+    optimizer as they were before it). `fit` adds it when `stop_on_nan`."""
+
+    def on_train_begin(self, logs=None):
+        self.model.diverged_at.assign(-1)
+
+    def on_train_batch_end(self, batch, logs=None):
+        step = int(self.model.diverged_at.numpy())
+        if step >= 0:
+            raise FloatingPointError(
+                f"L2RWModel.fit: training diverged at step {step}: its loss, an example weight "
+                f"or an updated weight was NaN or infinite; the model keeps its weights (and the "
+                f"optimizer its state) from before that step. Lower the learning rate or check "
+                f"the data (x, y, sample_weight, clean_data) for NaN or inf; "
+                f"L2RWModel(..., stop_on_nan=False) trains on regardless")
+
+
 def default_clean_batch_size(clean_size, noisy_batch_size=None):
     """Clean examples per step unless given: the noisy batch size (32 if fit is not told), but
     at least 100, as in every step of the paper's experiments, and at most the clean set. Why at
@@ -296,8 +455,17 @@ class L2RWModel(keras.Model):
 
     def __init__(self, model, clean_data, clean_batch_size=None, meta_grad="auto",
                  include_regularization=True, weight_on=None, seed=0, num_examples=None,
-                 meta_dropout=False, **kwargs):
+                 meta_dropout=False, stop_on_nan=True, **kwargs):
+        if keras.backend.backend() != "tensorflow":
+            raise ValueError(f"L2RWModel needs the TensorFlow backend of Keras, not "
+                             f"{keras.backend.backend()!r}: set KERAS_BACKEND=tensorflow")
         super().__init__(**kwargs)
+        _check_clean_data(clean_data)
+        if clean_batch_size is not None and not _is_positive_int(clean_batch_size):
+            raise ValueError(f"clean_batch_size={clean_batch_size!r} must be a positive integer "
+                             f"(or None: default_clean_batch_size)")
+        if getattr(model, "built", False) and not model.trainable_weights:
+            raise ValueError(_NOT_TRAINABLE)
         if meta_grad not in ("auto",) + reweight.META_GRADIENTS:
             raise ValueError(f"meta_grad={meta_grad!r}: choose auto or one of "
                              f"{', '.join(reweight.META_GRADIENTS)}")
@@ -312,7 +480,14 @@ class L2RWModel(keras.Model):
         self.seed = seed
         self.num_examples = None if num_examples is None else int(num_examples)
         self.weight_on = {name: np.asarray(mask, bool) for name, mask in (weight_on or {}).items()}
+        self.stop_on_nan = bool(stop_on_nan)
+        # The step (1-based) at which this fit diverged, -1 while none did (stop_on_nan): not a
+        # weight, so checkpoints are as without it.
+        self.diverged_at = tf.Variable(tf.constant(-1, tf.int64), trainable=False,
+                                       name="diverged_at",
+                                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self.per_example_loss = None
+        self._sparse_labels = False
         self.zero_weight_fraction = keras.metrics.Mean(name="zero_weight_fraction")
         self.effective_sample_size = keras.metrics.Mean(name="effective_sample_size")
         self.group_weights = {name: keras.metrics.Mean(name=f"weight_on_{name}")
@@ -341,7 +516,13 @@ class L2RWModel(keras.Model):
 
     def compile(self, optimizer="rmsprop", loss=None, **kwargs):
         """As `keras.Model.compile`; `loss` is taken per example for the L2RW step."""
+        outputs = getattr(self.model, "outputs", None) if self.model.built else None
+        if outputs and len(outputs) > 1:
+            raise ValueError(f"the model has {len(outputs)} outputs, but L2RWModel trains one "
+                             f"output with one loss: give a model of one output (e.g. "
+                             f"concatenate the outputs and write one loss on them)")
         self.per_example_loss = per_example(loss)
+        self._sparse_labels = _is_sparse_cross_entropy(loss)
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
 
     # Saving: the settings and the wrapped model; the clean set is not saved (see the docstring).
@@ -353,7 +534,7 @@ class L2RWModel(keras.Model):
             clean_batch_size=self.clean_batch_size, meta_grad=self.requested_meta_grad,
             include_regularization=self.include_regularization, seed=self.seed,
             meta_dropout=self.meta_dropout,
-            num_examples=self.num_examples,
+            num_examples=self.num_examples, stop_on_nan=self.stop_on_nan,
             weight_on={name: {"size": len(mask), "true": np.flatnonzero(mask).tolist()}
                        for name, mask in self.weight_on.items()})
         return config
@@ -413,19 +594,42 @@ class L2RWModel(keras.Model):
         if data is None:
             raise ValueError("this L2RWModel has no clean set (a loaded model: the clean set is "
                              "not saved with it): set trainer.clean_data = (x, y) before fit")
+        _check_clean_data(data)
         if isinstance(data, tf.data.Dataset):
+            self._refuse_batched_clean_set(data)
             ds = data.map(lambda x, y, *sample_weight: (x, y))  # the clean loss is unweighted
             size = int(ds.cardinality())
             if size <= 0:
                 raise ValueError("clean_data is empty or of unknown size; give a finite dataset "
                                  "of (x, y) pairs or arrays (x, y)")
-            return ds.batch(size).get_single_element(), size
-        x, y = data
+            arrays = ds.batch(size).get_single_element()
+            _check_labels(arrays[1], "clean_data's y", self._label_classes())
+            return arrays, size
+        x, y = map(_as_arrays, data)
+        _check_labels(y, "clean_data's y", self._label_classes())
         arrays = tf.nest.map_structure(tf.convert_to_tensor, (x, y))
         size = _length(arrays)
         if size <= 0:
             raise ValueError("clean_data is empty; give arrays (x, y) of the clean set")
         return arrays, size
+
+    def _refuse_batched_clean_set(self, data):
+        """clean_data's dataset holds single examples, which `fit` batches itself: one whose
+        elements have the model's input rank (a batch dimension) is refused."""
+        ranks, examples = _input_ranks(self.model), _examples_of(data.element_spec)
+        if ranks and examples and [len(s.shape) for s in tf.nest.flatten(examples[0])] == ranks:
+            raise ValueError("clean_data is a dataset of batches: give it unbatched, "
+                             "clean_data.unbatch() (fit draws clean batches of "
+                             "clean_batch_size from it)")
+
+    def _label_classes(self):
+        """The number of classes labels must lie below: under a sparse cross-entropy, the model's
+        output width (0 when unknown); None under other losses (labels unchecked)."""
+        if not self._sparse_labels:
+            return None
+        outputs = getattr(self.model, "outputs", None) if self.model.built else None
+        width = outputs[0].shape[-1] if outputs and len(outputs) == 1 else None
+        return width if width and width > 1 else 0
 
     def clean_dataset(self, noisy_batch_size, epoch_key=None):
         """The clean set in endless batches of `clean_batch_size`, in a new order every pass (a
@@ -457,6 +661,10 @@ class L2RWModel(keras.Model):
         sample_weight = np.asarray(sample_weight, np.float32)
         if len(sample_weight) != n:
             raise ValueError(f"sample_weight has {len(sample_weight)} entries for {n} examples")
+        if np.any(sample_weight < 0):
+            raise ValueError(f"sample_weight holds negative values (min {sample_weight.min()}): "
+                             f"L2RW needs sample weights >= 0 (0 leaves an example out of its "
+                             f"step)")
         return _array_batches((x, y, sample_weight), batch_size, shuffle, self.seed,
                               epoch_key), n
 
@@ -470,6 +678,15 @@ class L2RWModel(keras.Model):
             raise ValueError("compile the L2RWModel (with a loss) before fit")
         if class_weight is not None:
             raise ValueError("class_weight is not supported: give per-example sample_weight")
+        if batch_size is not None and not _is_positive_int(batch_size):
+            raise ValueError(f"batch_size={batch_size!r} must be a positive integer (or None: 32)")
+        _refuse_batch_level_backups(kwargs.get("callbacks"))
+        if isinstance(x, tf.data.Dataset):
+            self._check_dataset(x, batch_size)
+        else:
+            x, y = _as_arrays(x), _as_arrays(y)
+            _check_labels(y, "y", self._label_classes())
+        self._build_model(x)
         if self.requested_meta_grad == "layerwise":
             try:
                 reweight.layerwise_layers(self.model)
@@ -501,6 +718,8 @@ class L2RWModel(keras.Model):
             num_examples = self.num_examples
             noisy = x.map(lambda *element: _noisy_element(
                 element if len(element) > 1 else element[0], num_examples))  # map unpacks tuples
+            classes = self._label_classes()
+            noisy = noisy.map(lambda *batch: _checked_batch(*batch, classes))
             noisy_batch = batch_size
         else:
             if validation_split:
@@ -512,17 +731,64 @@ class L2RWModel(keras.Model):
                 raise ValueError(f"num_examples={self.num_examples}, but the arrays given to fit "
                                  f"hold {n} examples")
             self._track_examples(n)
-        data = tf.data.Dataset.zip((noisy, self.clean_dataset(noisy_batch, epoch_key)))
+        clean = self.clean_dataset(noisy_batch, epoch_key)
+        _check_same_examples(noisy.element_spec[:2], clean.element_spec)
+        data = tf.data.Dataset.zip((noisy, clean))
         if int(noisy.cardinality()) >= 0:
             data = data.apply(tf.data.experimental.assert_cardinality(noisy.cardinality()))
         callbacks = kwargs.pop("callbacks", None)
+        own = [epoch_key] + ([StopOnNonFinite()] if self.stop_on_nan else [])
         if isinstance(callbacks, keras.callbacks.CallbackList):  # Keras uses it as it is
-            callbacks.callbacks.append(epoch_key)
-            epoch_key.set_model(self)
+            callbacks.callbacks.extend(own)
+            for callback in own:
+                callback.set_model(self)
         else:
-            callbacks = [*(callbacks or []), epoch_key]
-        return super().fit(data.prefetch(tf.data.AUTOTUNE), epochs=epochs, shuffle=False,
-                           callbacks=callbacks, **kwargs)
+            callbacks = [*(callbacks or []), *own]
+        try:
+            return super().fit(data.prefetch(tf.data.AUTOTUNE), epochs=epochs, shuffle=False,
+                               callbacks=callbacks, **kwargs)
+        except tf.errors.InvalidArgumentError as e:  # a failed check of a dataset's batch
+            failed = [key for key in DATASET_CHECKS if key in e.message]
+            if not failed:
+                raise
+            raise ValueError(DATASET_CHECKS[failed[0]].format(
+                classes=self._label_classes())) from None
+
+    def _check_dataset(self, x, batch_size):
+        """Refuses what `fit` cannot take from a dataset: `batch_size` (its elements are the
+        batches), single examples (no batch dimension) and string labels."""
+        if batch_size is not None:
+            raise ValueError(f"batch_size={batch_size} applies to arrays, but x is a dataset, "
+                             f"whose elements are the batches: batch the dataset "
+                             f"(dataset.batch(n)) and leave batch_size out")
+        examples = _examples_of(x.element_spec)
+        if examples is None:
+            return  # _noisy_element says what is missing
+        features, labels = (tf.nest.flatten(part) for part in examples)
+        ranks = _input_ranks(self.model)
+        if any(s.shape.rank == 0 for s in labels) or (
+                ranks and [s.shape.rank for s in features] == [r - 1 for r in ranks]):
+            raise ValueError("x is a dataset of single examples (no batch dimension): batch it, "
+                             "e.g. dataset.batch(32) (L2RW weighs the examples of a batch "
+                             "against each other)")
+        if any(s.dtype == tf.string for s in labels):
+            raise TypeError("the dataset's y holds strings: give integer class ids, e.g. "
+                            "through a tf.keras.layers.StringLookup in dataset.map")
+
+    def _build_model(self, x):
+        """Builds an unbuilt model (a Sequential without an Input) on x's shape, as Keras' own
+        fit builds it on its first batch; a model of no trainable weights is refused."""
+        if not getattr(self.model, "built", False):
+            if isinstance(x, tf.data.Dataset):
+                sample = tf.nest.map_structure(
+                    lambda s: tf.zeros([1] + [d or 1 for d in s.shape[1:]], s.dtype),
+                    _examples_of(x.element_spec)[0])
+            else:
+                sample = tf.nest.map_structure(lambda a: tf.convert_to_tensor(a[:1]), x)
+            self.model(sample)
+            self._mark_built()
+        if not self.model.trainable_weights:
+            raise ValueError(_NOT_TRAINABLE)
 
     def _track_examples(self, num_examples):
         for name, mask in self.weight_on.items():
@@ -549,6 +815,9 @@ class L2RWModel(keras.Model):
         config = StepConfig(method="l2rw", meta_grad=self.meta_grad,
                             clean_weight_decay=self.include_regularization,
                             meta_dropout=self.meta_dropout)
+        # stop_on_nan: the state before the step (read before anything changes it), kept if
+        # the step is not finite.
+        before = self._state_values() if self.stop_on_nan else None
         # Loss scaling as Keras' own train_step (`optimizer.scale_loss`): under mixed_float16,
         # `compile` wraps the optimizer in a LossScaleOptimizer, which unscales the gradients.
         result = step_gradients(self.model, config, (x, y, sample_weight), (clean_x, clean_y),
@@ -556,6 +825,7 @@ class L2RWModel(keras.Model):
                                 loss_scale=precision.loss_scale(self.optimizer))
         # Update the parameters, then every metric: the compiled ones on the noisy outputs.
         self.optimizer.apply(result.gradients, self.model.trainable_variables)
+        finite = self._keep_state_unless_finite(before, result) if self.stop_on_nan else None
 
         # The global batch's weights, positions and loss, on every replica (one device: as they
         # are). One all-gather of both, in float64 (exact for both): TensorFlow's CPU collectives
@@ -573,11 +843,57 @@ class L2RWModel(keras.Model):
         if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
             # It skipped the step if a scaled gradient overflowed (and halved its scale): that
             # step's weights and loss may be NaN and are kept out of the statistics.
-            tf.cond(self.optimizer.check_finite(result.gradients), update_step_statistics,
-                    lambda: None)
+            kept = self.optimizer.check_finite(result.gradients)
+            tf.cond(kept if finite is None else tf.logical_and(kept, finite),
+                    update_step_statistics, lambda: None)
+        elif finite is not None:  # a diverged step is kept out of them too
+            tf.cond(finite, update_step_statistics, lambda: None)
         else:
             update_step_statistics()
         return self.compute_metrics(x, y, result.outputs)
+
+    def _state_variables(self):
+        """What a step changes and a diverged step must leave as it was: the model's variables
+        (parameters, BatchNorm statistics, seed states) and the optimizer's (step count, slots,
+        loss scale); the step count first."""
+        count = self.optimizer.iterations
+        return [count, *self.model.variables,
+                *(v for v in self.optimizer.variables if v is not count)]
+
+    def _state_values(self):
+        return [tf.identity(v.value) for v in self._state_variables()]
+
+    def _keep_state_unless_finite(self, before, result):
+        """Whether the step just applied is finite: its per-example losses, its loss and example
+        weights (left to a LossScaleOptimizer, which skips the steps they overflow) and every
+        updated model variable, on every replica; and no earlier step of this fit diverged. If
+        not, every model and optimizer variable gets back its value from `before` (one copy of
+        the state per step: the price of keeping the last good weights), and `diverged_at` the
+        step's number, 1-based (the first such step's)."""
+        checked = [result.losses] + [v.value for v in self.model.variables
+                                     if tf.as_dtype(v.dtype).is_floating]
+        if not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
+            checked += [result.loss, result.example_weights]
+        bad = tf.cast(tf.logical_not(tf.reduce_all(
+            [tf.reduce_all(tf.math.is_finite(tf.cast(t, tf.float32))) for t in checked])),
+            tf.float32)
+        finite = tf.logical_and(tf.equal(distribute.replica_sum(bad), 0.0),
+                                self.diverged_at < 0)
+        step = tf.cast(before[0], tf.int64) + 1
+        variables = self._state_variables()
+
+        def restore(strategy, finite, before, step):
+            # In the cross-replica context, where a mirrored variable takes one value: every
+            # replica's is the same (the flag is all-reduced, the state mirrored).
+            first = lambda value: strategy.experimental_local_results(value)[0]  # noqa: E731
+            finite = first(finite)
+            for variable, value in zip(variables, before):
+                variable.assign(tf.where(finite, variable.value, first(value)))
+            self.diverged_at.assign(tf.where(finite | (self.diverged_at >= 0), self.diverged_at,
+                                             first(step)))
+
+        tf.distribute.get_replica_context().merge_call(restore, args=(finite, before, step))
+        return finite
 
     def _symbolic_build(self, iterator=None, data_batch=None):
         """Keras builds the compiled loss and metrics on a first element before a `fit` under a
