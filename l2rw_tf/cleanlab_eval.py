@@ -132,6 +132,8 @@ def load_runs():
         baseline = read_example_weights(FLAGS.baseline_run)
     own = {name: FLAGS[name].value for name in ("l2rw_run", "baseline_run", "folds", "fold_dir",
                                                  "out", "overwrite")}
+    if FLAGS["data_dir"].present:  # given here: it overrides the directory the run recorded
+        own["data_dir"] = FLAGS.data_dir
     FLAGS.unparse_flags()
     FLAGS(["cleanlab_eval"] + run_argv(run_flags) + ["--method=baseline"])
     for name, value in own.items():

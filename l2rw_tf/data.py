@@ -10,14 +10,21 @@ labels, paper Tables 1-2, and the report's MNIST BackgroundFlip), over any datas
 knows: any tfds image-classification dataset by name (the paper's `mnist`, `cifar10`, `cifar100`,
 or e.g. `fashion_mnist`), or a local image folder `folder:PATH`.
 """
+import contextlib
 import dataclasses
 import hashlib
 import inspect
+import logging
 import os
 import pathlib
 import re
+import socket
 import sys
 import tempfile
+import threading
+import time
+import urllib.parse
+import urllib.request
 
 import numpy as np
 import tensorflow as tf
@@ -155,8 +162,14 @@ def _prepared_builder(name, data_dir):
     not yet. An unknown name, or a dataset that is not image classification, is refused before
     anything is downloaded."""
     data_dir = data_dir or os.environ.get("TFDS_DATA_DIR")
+    if data_dir and os.path.isfile(data_dir):
+        raise DataError(f"tfds data directory {data_dir} is a file, not a directory; point "
+                        f"--data_dir or TFDS_DATA_DIR at a tfds data directory (it holds "
+                        f"<dataset>/<version>/ folders)")
     try:
-        builder = tfds.builder(name, data_dir=data_dir)
+        with _absl_warnings_quiet():  # "Variant folder ... has no dataset_info.json": not prepared
+            builder = tfds.builder(name, data_dir=data_dir)
+            prepared = builder.is_prepared()
     except ImportError as e:
         raise _missing_module(e, name) from None
     except tfds.core.registered.DatasetNotFoundError as e:
@@ -164,17 +177,25 @@ def _prepared_builder(name, data_dir):
     except Exception as e:  # noqa: BLE001 -- e.g. an unknown config; tfds' message says which.
         raise DataError(f"cannot open tfds dataset {name!r} ({_brief(e)})") from None
     _check_classification(builder, name)
-    if builder.is_prepared():
+    if prepared:
         return builder
     root = builder.data_dir_root
     if data_dir and not os.path.isdir(data_dir):  # a mistyped path, rather than a place to fill
         raise DataError(f"tfds data directory {data_dir} does not exist (dataset {name!r} is "
                         f"prepared nowhere there); point --data_dir or TFDS_DATA_DIR at a "
                         f"prepared tfds directory, or create it to download {name!r} into it")
-    # tfds retries each file with exponential backoff: offline, it gives up after minutes.
+    # Offline, tfds would retry every file for minutes before giving up: refused at once when
+    # none of the hosts it downloads from can be reached.
+    unreachable = _unreachable_hosts(builder)
+    if unreachable:
+        raise DataError(
+            f"tfds dataset {name!r} is not prepared in {root} and cannot be downloaded: "
+            f"{unreachable}; prepare it once with internet access: python -c \"import "
+            f"tensorflow_datasets as tfds; tfds.builder('{name}', data_dir='{root}')"
+            f".download_and_prepare()\", or point --data_dir or TFDS_DATA_DIR at a directory "
+            f"that holds it")
     print(f"tfds dataset {name!r} is not prepared in {root}: downloading and preparing it "
-          f"there (offline this fails after a few minutes of retries; Ctrl-C stops it)",
-          file=sys.stderr, flush=True)
+          f"there (Ctrl-C stops it)", file=sys.stderr, flush=True)
     try:
         builder.download_and_prepare()
     except ImportError as e:  # a broken install, not a missing dataset
@@ -187,6 +208,57 @@ def _prepared_builder(name, data_dir):
             f".download_and_prepare()\", or point --data_dir or TFDS_DATA_DIR at a directory "
             f"that holds it") from None
     return builder
+
+
+@contextlib.contextmanager
+def _absl_warnings_quiet():
+    """Within the block, absl's (tfds') warnings are not printed: a missing dataset is this
+    module's own one-line error."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+# Seconds to wait for a host's name and for a connection to it, when checking before a download.
+PROBE_TIMEOUT = 10.0
+
+
+def _unreachable_hosts(builder):
+    """Why the files of `builder` cannot be downloaded (a text naming each host and its error),
+    or "" when one of their hosts answers or the files are not known (tfds then tries). Each
+    host is looked up and connected to once, with a timeout, in a thread of its own (a name
+    lookup cannot time out by itself)."""
+    try:
+        urls = list(builder.url_infos or ())
+    except Exception:  # noqa: BLE001 -- no registered checksums: nothing to check
+        urls = []
+    hosts = sorted({(u.hostname, u.port or (443 if u.scheme == "https" else 80))
+                    for u in map(urllib.parse.urlsplit, urls)
+                    if u.scheme in ("http", "https") and u.hostname})
+    if not hosts or urllib.request.getproxies():  # through a proxy: only tfds can tell
+        return ""
+    errors = {}
+
+    def probe(host, port):
+        try:
+            socket.create_connection((host, port), timeout=PROBE_TIMEOUT).close()
+            errors[host] = None
+        except OSError as e:
+            errors[host] = e.strerror or type(e).__name__
+    threads = [threading.Thread(target=probe, args=hp, daemon=True) for hp in hosts]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 2 * PROBE_TIMEOUT
+    for thread in threads:
+        thread.join(max(deadline - time.monotonic(), 0.0))
+    if any(errors.get(host, "") is None for host, _ in hosts):
+        return ""
+    return "; ".join(f"{host} cannot be reached ({errors.get(host) or 'no answer'})"
+                     for host, _ in hosts)
 
 
 def _unknown_dataset(error, name, data_dir):
@@ -338,6 +410,8 @@ def load_folder(path, split, use_cache=True):
                                f"{_folder_fingerprint(root)}_{split}.npz")
         if cache.exists():
             with np.load(cache, allow_pickle=False) as z:
+                if "sixteen_bit" in z.files:  # caches written before the note have none
+                    _note_16_bit(int(z["sixteen_bit"]), len(z["labels"]), root / split)
                 return z["images"], z["labels"], [str(c) for c in z["classes"]]
     try:
         builder = tfds.ImageFolder(str(root))
@@ -361,9 +435,25 @@ def load_folder(path, split, use_cache=True):
         encoded.append(example["image"])
         labels.append(example["label"])
     images, labels = _decode_files(root, files, encoded), np.asarray(labels, np.int64)
+    sixteen_bit = sum(_is_16_bit_png(blob) for blob in encoded)
     if cache is not None:
-        _save_npz(cache, images=images, labels=labels, classes=np.asarray(classes))
+        _save_npz(cache, images=images, labels=labels, classes=np.asarray(classes),
+                  sixteen_bit=np.int64(sixteen_bit))
+    _note_16_bit(sixteen_bit, len(labels), root / split)
     return images, labels, classes
+
+
+def _is_16_bit_png(blob):
+    """Whether an encoded file is a PNG of 16 bits per sample (its IHDR's bit depth)."""
+    return bytes(blob[:8]) == b"\x89PNG\r\n\x1a\n" and len(blob) > 24 and blob[24] == 16
+
+
+def _note_16_bit(count, total, where):
+    """Says, on stdout, how the 16-bit PNGs of a split were reduced to the 8 bits of uint8."""
+    if count:
+        print(f"note: {count} of the {total} images of {where} are 16-bit PNGs: each value is "
+              f"reduced to 8 bits by its high byte (value // 256, as TensorFlow decodes them), "
+              f"then scaled as every image", flush=True)
 
 
 def _decode_files(root, files, encoded):
@@ -372,11 +462,18 @@ def _decode_files(root, files, encoded):
     of another channel count are decoded again by TF's own conversion, so an RGB JPEG comes out
     byte-identical to what tfds.ImageFolder (3 channels always) decodes."""
     images, corrupt = [], []
-    for file, blob in zip(files, encoded):
-        try:
-            images.append(tf.io.decode_image(blob, channels=0, expand_animations=False).numpy())
-        except tf.errors.OpError as e:
-            corrupt.append((file, _op_error_reason(e)))
+    # libjpeg and TF's logging print their own lines about a corrupt file on stderr: held back,
+    # so that the refusal below is one line (and written out if every file decoded).
+    with _stderr_held() as held:
+        for file, blob in zip(files, encoded):
+            try:
+                images.append(tf.io.decode_image(blob, channels=0,
+                                                 expand_animations=False).numpy())
+            except tf.errors.OpError as e:
+                corrupt.append((file, _op_error_reason(e)))
+    if held and not corrupt:
+        sys.stderr.write(held[0])
+        sys.stderr.flush()
     corrupt.sort()
     if len(corrupt) == 1:
         file, reason = corrupt[0]
@@ -399,6 +496,29 @@ def _decode_files(root, files, encoded):
             images[i] = tf.io.decode_image(encoded[i], channels=channels,
                                            expand_animations=False).numpy()
     return np.stack(images)
+
+
+@contextlib.contextmanager
+def _stderr_held():
+    """Within the block, what is written to file descriptor 2 (C libraries included) goes to a
+    temporary file; the list yielded then holds it as text."""
+    held = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with tempfile.TemporaryFile() as tmp:
+            os.dup2(tmp.fileno(), 2)
+            try:
+                yield held
+            finally:
+                sys.stderr.flush()
+                os.dup2(saved, 2)
+                tmp.seek(0)
+                text = tmp.read().decode(errors="replace")
+                if text:
+                    held.append(text)
+    finally:
+        os.close(saved)
 
 
 def _op_error_reason(error):
@@ -442,6 +562,22 @@ def load_dataset(dataset, data_dir=None):
                 f"classification task needs PATH/<split>/<class>/<image> with at least two class "
                 f"sub-folders")
         test_x, test_y, _ = load_folder(path, "test")
+        root = str(resolve_folder(path))
+        untrained = [name for name, count in zip(classes, np.bincount(train_y, minlength=len(
+            classes))) if count == 0]
+        if untrained:
+            raise DataError(f"image folder {root!r}: class {untrained[0]!r} has no training "
+                            f"images (a class of the test split, or an empty folder); every "
+                            f"class needs images in {root}/train/<class>/")
+        if train_x.shape[1:3] != test_x.shape[1:3]:
+            raise DataError(f"image folder {root!r}: train images are {train_x.shape[1]}x"
+                            f"{train_x.shape[2]}, test images {test_x.shape[1]}x"
+                            f"{test_x.shape[2]}; resize them to one size first")
+        # One channel count for the whole folder: 1 if every file is grayscale, else 3 (a
+        # grayscale split beside a colour one becomes RGB, as its files would decode).
+        if train_x.shape[-1] != test_x.shape[-1]:
+            train_x, test_x = (np.repeat(x, 3, axis=-1) if x.shape[-1] == 1 else x
+                               for x in (train_x, test_x))
         return (train_x, train_y), (test_x, test_y), len(classes)
     builder = _prepared_builder(dataset, data_dir)
     _check_splits(builder, dataset, ("train", "test"))

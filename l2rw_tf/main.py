@@ -15,6 +15,7 @@ finished run is reported, not rerun.
 """
 import contextlib
 import json
+import locale
 import math
 import os
 import signal
@@ -166,6 +167,7 @@ IMBALANCE_ONLY = ("pos_ratio", "ntrain", "nval", "ntest", "hard_mining_pool",
 NOISY_ONLY = ("noise", "ratio", "noise_semantics", "num_clean", "clean_per_class",
               "num_hyper_val", "num_train_subset", "augment", "finetune_from")
 RESNETS = ("resnet32", "wrn28_10", "resnet")
+SEED_MAX = 2**32 - 1  # the largest seed numpy's RandomState and Keras take
 
 
 class UsageError(ValueError):
@@ -240,6 +242,7 @@ def validate_flags():
         raise UsageError(f"--meta_grad={f.meta_grad} is unknown; choose one of "
                          f"{', '.join(choices.META_GRADIENTS)}")
     validate_distribute_flags()
+    validate_data_dir()
     if f.mixed_precision not in choices.PRECISIONS:
         raise UsageError(f"--mixed_precision={f.mixed_precision} is unknown; choose one of "
                          f"{', '.join(choices.PRECISIONS)}")
@@ -265,6 +268,8 @@ def validate_flags():
         if f.clean_batch_size is not None and not 0 < f.clean_batch_size <= f.nval:
             raise UsageError(f"--clean_batch_size={f.clean_batch_size} must be in "
                              f"[1, nval={f.nval}]")
+        if f.hard_mining_pool <= 0:
+            raise UsageError(f"--hard_mining_pool={f.hard_mining_pool} must be positive")
         if f.original_eval_draws and f.method == "resample":
             raise UsageError("--original_eval_draws reproduces the original's shuffled "
                              "training stream; --method=resample has class-balanced batches")
@@ -302,6 +307,19 @@ def validate_flags():
             raise UsageError(f"--{name}={getattr(f, name)} must be positive")
     if f.lr <= 0:
         raise UsageError(f"--lr={f.lr} must be positive")
+    if not 0.0 <= f.momentum < 1.0:
+        raise UsageError(f"--momentum={f.momentum} must be in [0, 1)")
+    # numpy's RandomState and Keras' seeding take seeds in [0, 2**32); the label noise is drawn
+    # from RandomState(seed + 1).
+    if not 0 <= f.seed <= SEED_MAX - 1:
+        raise UsageError(f"--seed={f.seed} must be in [0, {SEED_MAX - 1}] (--seed + 1 seeds the "
+                         f"label noise, and seeds are below 2**32)")
+    if f.train_seed is not None and not 0 <= f.train_seed <= SEED_MAX:
+        raise UsageError(f"--train_seed={f.train_seed} must be in [0, {SEED_MAX}] (seeds are "
+                         f"below 2**32)")
+    if f.method == "hard_mining" and f.hard_mining_pool < f.batch_size:
+        raise UsageError(f"--hard_mining_pool={f.hard_mining_pool} must be at least --batch_size="
+                         f"{f.batch_size}: the pool hard_mining ranks (the original's is 5x the batch)")
     boundaries, values = f.lr_boundaries or [], f.lr_values or []
     if len(boundaries) != len(values):
         raise UsageError(f"--lr_values needs one rate per --lr_boundaries entry, got "
@@ -333,6 +351,24 @@ def validate_flags():
         raise UsageError(f"--units={f.units} must be >= 1")
     if f.width is not None and f.width <= 0:
         raise UsageError(f"--width={f.width} must be positive")
+
+
+def validate_data_dir():
+    """A local tfds data directory (--data_dir, else $TFDS_DATA_DIR) must be a directory: as
+    data.load_dataset refuses it, but before TensorFlow loads. (Image folders do not use it.)"""
+    f = FLAGS
+    path = f.data_dir or os.environ.get("TFDS_DATA_DIR")
+    if f.dataset.startswith(choices.FOLDER_PREFIX) or not path or "://" in path:
+        return
+    if os.path.isfile(path):
+        raise UsageError(f"tfds data directory {path} is a file, not a directory; point "
+                         f"--data_dir or TFDS_DATA_DIR at a tfds data directory (it holds "
+                         f"<dataset>/<version>/ folders)")
+    if not os.path.isdir(path):
+        raise UsageError(f"tfds data directory {path} does not exist (dataset {f.dataset!r} is "
+                         f"prepared nowhere there); point --data_dir or TFDS_DATA_DIR at a "
+                         f"prepared tfds directory, or create it to download {f.dataset!r} "
+                         f"into it")
 
 
 def validate_distribute_flags():
@@ -412,18 +448,54 @@ def run_dir_lock(run_dir):
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         with open(path) as fh:
-            text = fh.read().strip()
-        if text.isdigit() and int(text) != os.getpid() and process_alive(int(text)):
-            raise UsageError(f"{run_dir} is in use by process {text} (training it now); wait "
-                             f"for that run or stop it, then rerun") from None
+            text = fh.read()
+        pid = lock_holder(text)
+        if pid is not None:
+            raise UsageError(in_use_message(run_dir, pid)) from None
         fd = os.open(path, os.O_WRONLY | os.O_TRUNC)
-    os.write(fd, str(os.getpid()).encode())
+    start = process_start_time(os.getpid())
+    os.write(fd, (f"{os.getpid()} {start}" if start else str(os.getpid())).encode())
     os.close(fd)
     try:
         yield
     finally:
         with contextlib.suppress(OSError):
             os.remove(path)
+
+
+def lock_holder(text):
+    """The pid of the live process that wrote a lock's `text` ("<pid> <start time>", or
+    "<pid>" alone where the start time is unknown, as in locks of earlier versions); None when
+    it names no other live process, or a process that started after the lock's writer (its pid
+    reused: the writer was killed)."""
+    parts = text.split()
+    if not parts or not parts[0].isdigit():
+        return None
+    pid = int(parts[0])
+    if pid == os.getpid() or not process_alive(pid):
+        return None
+    start = process_start_time(pid)
+    if len(parts) > 1 and start is not None and start != parts[1]:
+        return None
+    return pid
+
+
+def in_use_message(run_dir, pid):
+    path = os.path.join(run_dir, LOCK_NAME)
+    return (f"{run_dir} is in use by process {pid} (training it now); wait for that run or stop "
+            f"it, then rerun; if process {pid} is not training it (the lock outlived its run), "
+            f"remove {path}")
+
+
+def process_start_time(pid):
+    """When process `pid` started, as a string (Linux: clock ticks since boot, field 22 of
+    /proc/<pid>/stat), so a lock names its writer and not a later process given the same pid;
+    None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
 
 
 def process_alive(pid):
@@ -473,6 +545,7 @@ def check_writable(path, flag="--logdir"):
     if not os.path.isdir(parent):
         raise UsageError(f"cannot create {flag}={path}: {parent} is a file, not a "
                          f"directory; choose another {flag}")
+    check_path_length(path, parent, flag)
     try:
         os.rmdir(tempfile.mkdtemp(dir=parent, prefix=".l2rw_probe_"))
     except OSError as e:
@@ -480,12 +553,42 @@ def check_writable(path, flag="--logdir"):
                          f"directory ({e.strerror}); choose another {flag}") from None
 
 
+# Room left under a run directory for the longest path written in it (ckpt/ckpt-<step>.data-...,
+# tb/events.out.tfevents.<time>.<host>.<pid>...).
+RUN_FILES_LENGTH = 160
+
+
+def check_path_length(path, parent, flag):
+    """Refuses a directory `path` whose name, or a file in it, would be too long for the file
+    system of its existing ancestor `parent` (creating it would fail halfway)."""
+    try:
+        name_max, path_max = os.pathconf(parent, "PC_NAME_MAX"), os.pathconf(parent, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    full = os.path.abspath(path)
+    longest = max(full.split(os.sep), key=lambda part: len(os.fsencode(part)))
+    if len(os.fsencode(longest)) > name_max:
+        raise UsageError(f"{flag} has a path component of {len(os.fsencode(longest))} bytes, more "
+                         f"than the {name_max} its file system allows; choose a shorter {flag}")
+    if len(os.fsencode(full)) + RUN_FILES_LENGTH > path_max:
+        raise UsageError(f"{flag} is {len(os.fsencode(full))} bytes long: the files of a run in "
+                         f"it would exceed the file system's {path_max}-byte paths; choose a "
+                         f"shorter {flag}")
+
+
 def prepare_run_dir(run_dir):
     """Creates the run directory, or checks that an existing one holds this same run."""
     flags_path = check_run_dir(run_dir)
+    missing, parent = [], os.path.abspath(run_dir)
+    while not os.path.exists(parent):  # the directories makedirs creates, innermost first
+        missing.append(parent)
+        parent = os.path.dirname(parent)
     try:
         os.makedirs(run_dir, exist_ok=True)
     except OSError as e:
+        for created in missing:  # nothing left behind of a directory that could not be made
+            with contextlib.suppress(OSError):
+                os.rmdir(created)
         raise UsageError(f"cannot create --logdir={run_dir} ({e.strerror}); choose another "
                          f"--logdir") from None
     return flags_path
@@ -567,6 +670,16 @@ def build_data():
             experiment.info["background_weight"] = noise.background_weight(
                 experiment.num_classes, f.ratio)
     return experiment, preprocess, augment
+
+
+def data_location():
+    """The tfds data directory the data was read from, as an absolute path (--data_dir, else
+    $TFDS_DATA_DIR), recorded in flags.json so that what reruns the run's data (cleanlab_eval)
+    reads the same; None for an image folder or tfds' default directory."""
+    path = FLAGS.data_dir or os.environ.get("TFDS_DATA_DIR")
+    if FLAGS.dataset.startswith(choices.FOLDER_PREFIX) or not path:
+        return None
+    return path if "://" in path else os.path.abspath(path)
 
 
 def train_seed():
@@ -682,12 +795,14 @@ def main(argv, stop_at_step=None):
 def check_lock(run_dir):
     """Refuses at once a run directory another live process is training."""
     path = os.path.join(run_dir, LOCK_NAME)
-    with contextlib.suppress(OSError, ValueError):
+    try:
         with open(path) as fh:
-            pid = int(fh.read().strip())
-        if pid != os.getpid() and process_alive(pid):
-            raise UsageError(f"{run_dir} is in use by process {pid} (training it now); wait "
-                             f"for that run or stop it, then rerun")
+            text = fh.read()
+    except (OSError, ValueError):  # no lock (or an unreadable one, taken over)
+        return
+    pid = lock_holder(text)
+    if pid is not None:  # (a UsageError is a ValueError: raised outside the try)
+        raise UsageError(in_use_message(run_dir, pid))
 
 
 def train_run(run_dir, result_path, stop_at_step=None):
@@ -727,7 +842,7 @@ def train_run(run_dir, result_path, stop_at_step=None):
             print(f"finetuning from {source}", flush=True)
     flags_path = prepare_run_dir(run_dir)
     inputs = {"input_shape": [int(d) for d in experiment.input_shape],
-              "pixel_range": PIXEL_RANGES[preprocess.__name__]}
+              "pixel_range": PIXEL_RANGES[preprocess.__name__], "data_dir": data_location()}
     examples = training_examples(experiment)
     label_probability = examples and (lambda: train.label_probabilities(
         model, preprocess, experiment.train_images, experiment.train_labels,
@@ -739,7 +854,8 @@ def train_run(run_dir, result_path, stop_at_step=None):
                              background_weight=experiment.info.get("background_weight", 1.0))
     # A multi-worker cluster's other workers neither lock nor write the run directory.
     with run_dir_lock(run_dir) if chief else contextlib.nullcontext():
-        # The inputs are recorded beside the flags (not compared on resume: they follow from them).
+        # The inputs and the data directory are recorded beside the flags (not compared on
+        # resume: they follow from them, and the data may move).
         if chief:
             train.write_json(flags_path, {**run_flags(), **inputs})
         print(f"run directory {run_dir}: {experiment.info}; inputs {inputs['input_shape']} "
@@ -751,7 +867,7 @@ def train_run(run_dir, result_path, stop_at_step=None):
                 log=lambda msg: print(msg, flush=True), stop_at_step=stop_at_step,
                 init_fn=init_fn, examples=examples, label_probability=label_probability,
                 strategy=strategy)
-        except (train.Diverged, train.UnreadableCheckpoint) as e:
+        except (train.Diverged, train.UnreadableCheckpoint, train.CheckpointNotWritten) as e:
             raise UsageError(str(e)) from None
         except train.Interrupted as e:
             raise Stopped(e.signum, str(e)) from None
@@ -764,10 +880,51 @@ def train_run(run_dir, result_path, stop_at_step=None):
     return final
 
 
+def check_flagfiles(args, including=()):
+    """Refuses, before absl reads them, flagfiles among `args` (command-line arguments or the
+    lines of a flagfile) that cannot be read, are not text in the locale's encoding (absl would
+    raise OSError or UnicodeDecodeError), or include themselves (absl would only warn, and run
+    without the rest of the file). `including`: the flagfiles being read, outermost first."""
+    encoding = locale.getpreferredencoding(False)
+    args = list(args)
+    for i, arg in enumerate(args):
+        if not FLAGS._is_flag_file_directive(arg):  # noqa: SLF001 -- absl's own rule
+            continue
+        if arg in ("--flagfile", "-flagfile"):
+            if i + 1 >= len(args):
+                continue  # absl's own one-line error
+            path = os.path.expanduser(args[i + 1])
+        else:
+            path = FLAGS._extract_filename(arg)  # noqa: SLF001
+        if not path:
+            continue
+        real = [os.path.realpath(p) for p in including]
+        if os.path.realpath(path) in real:
+            chain = " -> ".join([*including[real.index(os.path.realpath(path)):], path])
+            raise UsageError(f"flagfile {path} includes itself ({chain}); remove that --flagfile "
+                             f"line")
+        try:
+            with open(path, "rb") as fh:
+                raw = fh.read()
+        except OSError as e:
+            raise UsageError(f"cannot read flagfile {path} ({e.strerror or type(e).__name__})"
+                             + (f", named in {including[-1]}" if including else "")) from None
+        try:
+            text = raw.decode(encoding)
+        except UnicodeDecodeError as e:
+            raise UsageError(f"flagfile {path} is not {encoding} text (byte 0x{raw[e.start]:02x} "
+                             f"at offset {e.start}); save it as {encoding}") from None
+        # As absl reads a flagfile: a line that starts with a flagfile directive includes it.
+        check_flagfiles([line for line in text.splitlines()
+                         if FLAGS._is_flag_file_directive(line)],  # noqa: SLF001
+                        (*including, path))
+
+
 def run(argv, stop_at_step=None):
     """In-process entry (tests, notebooks): parses `argv` afresh (argv[0] is the program name,
     flagfiles included) and runs it; bad input raises UsageError or flags.Error."""
     FLAGS.unparse_flags()
+    check_flagfiles(list(argv)[1:])
     FLAGS(list(argv))
     return main([argv[0]], stop_at_step=stop_at_step)
 
@@ -801,6 +958,7 @@ def entry(argv=None):
     # SIGTERM, like SIGINT, unwinds (the lock is removed); the training loop defers both.
     signal.signal(signal.SIGTERM, raise_stopped)
     try:
+        check_flagfiles(argv[1:])
         main(FLAGS(argv))
         sys.exit(0)
     except (flags.Error, UsageError) as e:

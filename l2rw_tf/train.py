@@ -10,7 +10,9 @@ import contextlib
 import csv
 import glob
 import json
+import logging
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -260,13 +262,29 @@ class MetricsLog:
     """metrics.csv plus TensorBoard scalars. On resume, rows past the restored step are dropped,
     so the file reads as if the run had never stopped."""
 
-    def __init__(self, run_dir, resume_step):
+    def __init__(self, run_dir, resume_step, log=print):
         self.path = os.path.join(run_dir, "metrics.csv")
         self.rows = []
         if os.path.exists(self.path):
-            with open(self.path) as f:
-                self.rows = [r for r in csv.DictReader(f) if int(r["step"]) <= resume_step]
+            self.rows = self._read(resume_step, log)
         self.writer = tf.summary.create_file_writer(os.path.join(run_dir, "tb"))
+
+    def _read(self, resume_step, log):
+        """The rows up to `resume_step`; an unreadable file (one whose rows are not all steps
+        in order) is kept beside it as metrics.csv.unreadable, with what it says of its rows
+        kept and the others named."""
+        try:
+            with open(self.path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            steps = [int(r["step"]) for r in rows]
+            if steps != sorted(set(steps)) or any(None in r or None in r.values() for r in rows):
+                raise ValueError("rows out of order or of other columns")
+            return [r for r, step in zip(rows, steps) if step <= resume_step]
+        except (OSError, ValueError, KeyError, TypeError, csv.Error) as e:
+            aside = set_aside(self.path)
+            log(f"{self.path} is unreadable ({type(e).__name__}); kept as {aside}, and the "
+                f"rows of the steps up to {resume_step} are missing from the new one")
+            return []
 
     def write(self, row):
         self.rows.append(row)
@@ -322,6 +340,38 @@ class UnreadableCheckpoint(RuntimeError):
     """No checkpoint of the run directory could be restored."""
 
 
+class CheckpointNotWritten(RuntimeError):
+    """A checkpoint could not be written (a full disk); its partial files were removed and the
+    checkpoints before it are intact."""
+
+
+@contextlib.contextmanager
+def checkpoint_written(manager, number):
+    """Around the writes of checkpoint `number` of `manager` (the checkpoint and its time
+    record): a write that fails (a full disk: ResourceExhaustedError, or an OSError) leaves no
+    partial file behind (the `<checkpoint>_temp` directory TensorFlow writes into first, files of
+    a checkpoint not in the index, a temporary time record) and raises CheckpointNotWritten."""
+    prefix = os.path.join(manager.directory, f"ckpt-{number}")
+    try:
+        yield
+    except (tf.errors.OpError, OSError) as e:
+        reason = getattr(e, "strerror", None) or (e.message if isinstance(e, tf.errors.OpError)
+                                                  else str(e))
+        reason = reason.strip().splitlines()[0] if reason.strip() else type(e).__name__
+        if prefix not in manager.checkpoints:  # not in the index: nothing of it is kept
+            shutil.rmtree(prefix + "_temp", ignore_errors=True)
+            for path in glob.glob(glob.escape(prefix) + ".*"):
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+        with contextlib.suppress(OSError):
+            os.remove(prefix + ".seconds.json.tmp")
+        kept = [p for p in manager.checkpoints if p != prefix]
+        raise CheckpointNotWritten(
+            f"cannot write checkpoint {prefix} ({type(e).__name__}: {reason}); nothing of it was "
+            f"kept" + (f", {kept[-1]} is intact" if kept else "") + ": free space there and "
+            f"rerun the same command to resume") from None
+
+
 @contextlib.contextmanager
 def signals_deferred():
     """Within the block, SIGINT and SIGTERM only set `received[0]` (the signal number): the loop
@@ -365,8 +415,15 @@ def read_seconds(checkpoint_path):
 
 def restore_latest(checkpoint, manager, log):
     """Restores the newest readable checkpoint of `manager` (a truncated file, e.g. from a full
-    disk, falls back to the one before, saying so); returns its path, or None if there is none."""
+    disk, or an unreadable time record beside it, falls back to the one before, saying so);
+    returns its path, or None if there is none."""
     for path in reversed(manager.checkpoints):
+        try:
+            read_seconds(path)
+        except (OSError, ValueError, TypeError, AttributeError) as e:
+            log(f"the time record {path}.seconds.json of checkpoint {path} is unreadable "
+                f"({type(e).__name__}); trying the checkpoint before")
+            continue
         try:
             checkpoint.restore(path).assert_consumed()
             return path
@@ -378,6 +435,52 @@ def restore_latest(checkpoint, manager, log):
             f"no checkpoint in {manager.directory} can be read; move that directory away to "
             f"train the run from the start")
     return None
+
+
+def recover_checkpoint_index(ckpt_dir, log):
+    """When the index `ckpt_dir/checkpoint` is missing or unreadable but checkpoints lie in
+    `ckpt_dir`, writes a new index listing them (the unreadable one kept beside it as
+    `checkpoint.unreadable`), saying so, so that the run resumes from the newest readable one
+    instead of starting over."""
+    index = os.path.join(ckpt_dir, "checkpoint")
+    numbers = sorted(int(m.group(1)) for m in (
+        re.fullmatch(r"ckpt-(\d+)\.index", name) for name in
+        (os.listdir(ckpt_dir) if os.path.isdir(ckpt_dir) else ())) if m)
+    if not numbers:
+        return
+    problem = None
+    if not os.path.exists(index):
+        problem = "is missing"
+    else:
+        tf_logger = logging.getLogger("tensorflow")  # TF warns of a parse error, then ignores it
+        level = tf_logger.level
+        tf_logger.setLevel(logging.ERROR)
+        try:
+            state = tf.train.get_checkpoint_state(ckpt_dir)
+        except Exception:  # noqa: BLE001 -- an unreadable file: OS or decoding errors
+            state = None
+        finally:
+            tf_logger.setLevel(level)
+        if state is None or not state.all_model_checkpoint_paths:
+            problem = "cannot be read"
+    if problem is None:
+        return
+    aside = set_aside(index) if os.path.exists(index) else None
+    names = [f"ckpt-{n}" for n in numbers]
+    tf.compat.v1.train.update_checkpoint_state(ckpt_dir, names[-1], all_model_checkpoint_paths=names)
+    log(f"the checkpoint index {index} {problem}" + (f" (kept as {aside})" if aside else "")
+        + f"; rebuilt from the checkpoints in {ckpt_dir} ({', '.join(names)})")
+
+
+def set_aside(path):
+    """Renames an unreadable file `path` to `path`.unreadable (.unreadable.1, ... if taken), never
+    over another file; returns the new name."""
+    aside, k = path + ".unreadable", 0
+    while os.path.exists(aside):
+        k += 1
+        aside = f"{path}.unreadable.{k}"
+    os.replace(path, aside)
+    return aside
 
 
 def train(model, optimizer, train_ds, clean_ds, evaluate, run_dir, num_steps, config,
@@ -435,6 +538,7 @@ def _train(model, optimizer, train_ds, clean_ds, evaluate, run_dir, num_steps, c
                                      stats=stats, example_stats=example_stats,
                                      train_iter=train_iter, clean_iter=clean_iter, **extra)
     ckpt_dir = os.path.join(run_dir, "ckpt")
+    recover_checkpoint_index(ckpt_dir, log)
     try:
         manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=2)
     except Exception as e:  # noqa: BLE001 -- a corrupt index file: protobuf or OS errors
@@ -449,7 +553,7 @@ def _train(model, optimizer, train_ds, clean_ds, evaluate, run_dir, num_steps, c
     if write_dir != run_dir:  # a non-chief worker saves beside the chief, into its own directory
         manager = tf.train.CheckpointManager(checkpoint, os.path.join(write_dir, "ckpt"),
                                              max_to_keep=1)
-    metrics = MetricsLog(write_dir, int(step))
+    metrics = MetricsLog(write_dir, int(step), log)
 
     # Where the time goes: waiting for input, training steps, evaluation and checkpoints, so a
     # run shows whether data or evaluation holds training back. Summed over the sessions of a
@@ -491,10 +595,11 @@ def _train(model, optimizer, train_ds, clean_ds, evaluate, run_dir, num_steps, c
             if (current % checkpoint_interval == 0 or current == num_steps
                     or received[0] is not None):
                 t0 = time.perf_counter()
-                saved = manager.save(checkpoint_number=current)
-                seconds["checkpoint"] += time.perf_counter() - t0
-                seconds["train"] = earlier + time.time() - start_time
-                save_seconds(saved, seconds, manager.checkpoints)
+                with checkpoint_written(manager, current):
+                    saved = manager.save(checkpoint_number=current)
+                    seconds["checkpoint"] += time.perf_counter() - t0
+                    seconds["train"] = earlier + time.time() - start_time
+                    save_seconds(saved, seconds, manager.checkpoints)
             if received[0] is not None:
                 name = signal.Signals(received[0]).name
                 raise Interrupted(received[0], f"stopped by {name} after step {current} of "
