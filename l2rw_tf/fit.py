@@ -656,6 +656,8 @@ class L2RWModel(keras.Model):
         order of `seed` and `_order_key(epoch_key)`; `position` keys the per-example weight
         statistics."""
         n = _length((x, y))
+        if n == 0:
+            raise ValueError("x and y hold no examples: give fit at least one")
         if sample_weight is None:
             sample_weight = np.ones(n, np.float32)
         sample_weight = np.asarray(sample_weight, np.float32)
@@ -875,8 +877,7 @@ class L2RWModel(keras.Model):
         if not isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer):
             checked += [result.loss, result.example_weights]
         bad = tf.cast(tf.logical_not(tf.reduce_all(
-            [tf.reduce_all(tf.math.is_finite(tf.cast(t, tf.float32))) for t in checked])),
-            tf.float32)
+            [tf.reduce_all(tf.math.is_finite(t)) for t in checked])), tf.float32)
         finite = tf.logical_and(tf.equal(distribute.replica_sum(bad), 0.0),
                                 self.diverged_at < 0)
         step = tf.cast(before[0], tf.int64) + 1

@@ -83,7 +83,7 @@ def float64():
     keras.config.set_dtype_policy("float32")
 
 
-@pytest.mark.parametrize("meta_grad", ["auto", "jvp"])
+@pytest.mark.parametrize("meta_grad", ["auto", "jvp", "lookahead"])
 def test_fit_trains_a_float64_model(float64, meta_grad):
     x, y, cx, cy = tabular()
     trainer = trainer_of(mlp(), clean=(cx.astype(np.float64), cy), meta_grad=meta_grad)
@@ -122,6 +122,22 @@ def test_a_non_finite_step_stops_fit_and_keeps_the_last_good_weights(fault):
     assert int(trainer.optimizer.iterations) == first_step - 1
     for a, b in zip(weights_of(trainer), weights_of(reference)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_learning_rate_too_large_stops_fit_before_the_weights_overflow():
+    x, y, cx, cy = tabular()
+    trainer = trainer_of(clean=(cx, cy), optimizer=keras.optimizers.SGD(1e6, momentum=0.9))
+    with pytest.raises(FloatingPointError, match="diverged at step"):
+        trainer.fit(x, y, batch_size=20, epochs=20, verbose=0)
+    assert all(np.all(np.isfinite(w)) for w in trainer.model.get_weights())
+
+
+def test_a_float64_value_beyond_float32_is_not_taken_for_a_divergence(float64):
+    x, y, cx, cy = tabular()
+    trainer = trainer_of(clean=(cx.astype(np.float64), cy))
+    trainer.model.layers[-1].bias.assign([1e300, 1e300])  # finite in float64, not in float32
+    trainer.fit(x.astype(np.float64), y, batch_size=20, verbose=0)
+    assert int(trainer.optimizer.iterations) == 2
 
 
 def test_a_non_finite_step_keeps_batchnorm_statistics_and_optimizer_state():
@@ -250,6 +266,14 @@ def test_an_unbuilt_sequential_is_built_as_keras_does():
     assert model.built and np.isfinite(history.history["loss"][0])
 
 
+def test_an_unbuilt_sequential_on_a_dataset_is_built_too():
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.layers.Dense(8, activation="relu"), keras.layers.Dense(2)])
+    x, y, cx, cy = tabular()
+    trainer_of(model).fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(20), verbose=0)
+    assert model.built
+
+
 # ---- 5. wrongly accepted ----------------------------------------------------------------------
 
 def test_a_model_without_trainable_weights_is_refused():
@@ -271,6 +295,12 @@ def test_a_batch_size_below_one_is_refused():
     x, y, _, _ = tabular()
     with pytest.raises(ValueError, match="batch_size=0 must be a positive integer"):
         trainer_of().fit(x, y, batch_size=0, verbose=0)
+
+
+def test_no_examples_are_refused():
+    x, y, _, _ = tabular()
+    with pytest.raises(ValueError, match="hold no examples"):
+        trainer_of().fit(x[:0], y[:0], verbose=0)
 
 
 def test_negative_sample_weights_are_refused():
