@@ -415,6 +415,14 @@ class L2RWModel(keras.Model):
         to `fit`, or by example id)}: the weight mass on each group becomes a metric
         `weight_on_<name>`, e.g. the examples known to be noisy, or a minority class.
     seed: the order of the noisy arrays and of the clean set.
+    stop_on_nan: True (default): a step whose per-example losses, loss, example weights or
+        updated model weights hold a NaN or an infinity is undone (the model's and the
+        optimizer's variables get back their values from before it, at the cost of one copy of
+        them per step) and `fit` raises FloatingPointError naming the step, as the command line
+        stops; False: training goes on regardless (Keras' own behaviour).
+
+    Needs the TensorFlow backend of Keras (refused under another). Recurrent layers train with
+    `lookahead` (`auto` picks it; `jvp` is refused: `has_recurrent_layer`).
 
     Sample weights (`fit(..., sample_weight=...)`, or the third element of a dataset) multiply
     each noisy example's loss before reweighting: the L2RW weights are those of the losses
@@ -441,6 +449,8 @@ class L2RWModel(keras.Model):
     `EpochKey` of its own). (A noisy *dataset* keeps its own order: for an exact resume it must
     not depend on the process' history, e.g. no `reshuffle_each_iteration`; and
     `steps_per_epoch` carries one iteration over epochs, which a backup does not record.)
+    A backup within an epoch (`BackupAndRestore(save_freq=N)`) would resume from a step count
+    that keys another order: it is refused; the default `save_freq="epoch"` resumes exactly.
 
     Callbacks (tested: TensorBoard, which logs the weight metrics of the module docstring beside
     the compiled ones; EarlyStopping; ModelCheckpoint; BackupAndRestore). Saving:
