@@ -331,3 +331,55 @@ def test_another_keras_backend_is_refused_at_construction(monkeypatch):
     monkeypatch.setattr(fit_module.keras.backend, "backend", lambda: "jax")
     with pytest.raises(ValueError, match="TensorFlow backend.*KERAS_BACKEND=tensorflow"):
         L2RWModel(mlp(), clean_data=(cx, cy))
+
+
+# ---- 3 (continued). on several replicas ------------------------------------------------------
+
+MIRRORED_NAN = """
+import json, sys
+import numpy as np
+from l2rw_tf import distribute
+distribute.use_cpu_devices(2)
+import keras, tensorflow as tf
+import l2rw_tf
+sys.path.insert(0, {tests!r})
+from test_fit_hardening import mlp, tabular, SCCE
+
+x, y, cx, cy = tabular()
+x[25, 1] = np.nan  # in the second batch
+result = {{}}
+with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
+    trainer = l2rw_tf.L2RWModel(mlp(), clean_data=(cx, cy))
+    trainer.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss=SCCE)
+    try:
+        trainer.fit(x, y, batch_size=20, shuffle=False, verbose=0)
+    except FloatingPointError as e:
+        result["error"] = str(e)
+    result["iterations"] = int(trainer.optimizer.iterations.numpy())
+    result["weights"] = [w.tolist() for w in trainer.model.get_weights()]
+    reference = l2rw_tf.L2RWModel(mlp(), clean_data=(cx, cy))
+    reference.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9), loss=SCCE)
+    reference.fit(x[:20], y[:20], batch_size=20, shuffle=False, verbose=0)
+    result["reference"] = [w.tolist() for w in reference.model.get_weights()]
+print(json.dumps(result))
+"""
+
+
+@pytest.mark.slow  # ~40 s on 2 loaded cores: a subprocess of two virtual devices
+def test_a_non_finite_step_under_mirrored_keeps_the_last_good_weights(tmp_path):
+    import json
+    import os
+    import pathlib
+    import subprocess
+    import sys
+    tests = str(pathlib.Path(__file__).parent)
+    script = tmp_path / "mirrored_nan.py"
+    script.write_text(MIRRORED_NAN.format(tests=tests))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert "diverged at step 2" in result["error"]
+    assert result["iterations"] == 1
+    for a, b in zip(result["weights"], result["reference"]):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
