@@ -867,7 +867,10 @@ class L2RWModel(keras.Model):
     def _state_variables(self):
         """What a step changes and a diverged step must leave as it was: the model's variables
         (parameters, BatchNorm statistics, seed states) and the optimizer's (step count, slots,
-        loss scale); the step count first."""
+        loss scale); the step count first. The optimizer is built first (as its first `apply`
+        would), so that the list is the same before and after the step."""
+        if not self.optimizer.built:
+            self.optimizer.build(self.model.trainable_variables)
         count = self.optimizer.iterations
         return [count, *self.model.variables,
                 *(v for v in self.optimizer.variables if v is not count)]
