@@ -452,24 +452,38 @@ def recover_checkpoint_index(ckpt_dir, log):
     if not os.path.exists(index):
         problem = "is missing"
     else:
-        tf_logger = logging.getLogger("tensorflow")  # TF warns of a parse error, then ignores it
-        level = tf_logger.level
-        tf_logger.setLevel(logging.ERROR)
         try:
-            state = tf.train.get_checkpoint_state(ckpt_dir)
+            with tf_warnings_quiet():  # TF warns of a parse error, then ignores the file
+                state = tf.train.get_checkpoint_state(ckpt_dir)
         except Exception:  # noqa: BLE001 -- an unreadable file: OS or decoding errors
             state = None
-        finally:
-            tf_logger.setLevel(level)
         if state is None or not state.all_model_checkpoint_paths:
             problem = "cannot be read"
     if problem is None:
         return
     aside = set_aside(index) if os.path.exists(index) else None
     names = [f"ckpt-{n}" for n in numbers]
-    tf.compat.v1.train.update_checkpoint_state(ckpt_dir, names[-1], all_model_checkpoint_paths=names)
+    # The manager takes over (and later deletes) only checkpoints newer than the index's last
+    # preserved time: their files' times, and a time before them.
+    times = [os.path.getmtime(os.path.join(ckpt_dir, name + ".index")) for name in names]
+    with tf_warnings_quiet():  # the function is deprecated (for the manager's own use)
+        tf.compat.v1.train.update_checkpoint_state(
+            ckpt_dir, names[-1], all_model_checkpoint_paths=names,
+            all_model_checkpoint_timestamps=times, last_preserved_timestamp=min(times) - 1.0)
     log(f"the checkpoint index {index} {problem}" + (f" (kept as {aside})" if aside else "")
         + f"; rebuilt from the checkpoints in {ckpt_dir} ({', '.join(names)})")
+
+
+@contextlib.contextmanager
+def tf_warnings_quiet():
+    """Within the block, TensorFlow's Python warnings are not printed."""
+    logger = logging.getLogger("tensorflow")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def set_aside(path):
