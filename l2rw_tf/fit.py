@@ -88,11 +88,11 @@ def per_example(loss):
     return per_example_loss
 
 
-def _length(nest):
+def _length(nest, what="the arrays given to fit"):
     """The common first dimension of the arrays in `nest` (refused when they differ)."""
     lengths = {len(a) for a in tf.nest.flatten(nest)}
     if len(lengths) != 1:
-        raise ValueError(f"the arrays given to fit have different lengths {sorted(lengths)}")
+        raise ValueError(f"{what} have different lengths {sorted(lengths)}")
     return lengths.pop()
 
 
@@ -255,6 +255,22 @@ def _is_sparse_cross_entropy(loss):
     """True for a loss (as `compile` takes it) that takes class ids as labels."""
     loss = keras.losses.get(loss) if isinstance(loss, str) else loss
     return getattr(loss, "fn", loss) is keras.losses.sparse_categorical_crossentropy
+
+
+def _check_label_encoding(y, name, loss):
+    """Refuses one-hot rows under a sparse cross-entropy and class ids under a categorical one
+    (Keras would say only that the ranks differ). `y`: the labels or their specs."""
+    for labels in tf.nest.flatten(y):
+        rank, width = len(labels.shape), labels.shape[-1] if len(labels.shape) else None
+        if _is_sparse_cross_entropy(loss) and rank == 2 and (width or 0) > 1:
+            raise ValueError(f"{name} looks one-hot (rows of {width}), but the loss is a sparse "
+                             f"cross-entropy, which takes class ids: give y.argmax(-1), or "
+                             f"compile with CategoricalCrossentropy")
+        if getattr(loss, "fn", loss) is keras.losses.categorical_crossentropy and rank == 1:
+            raise ValueError(f"{name} holds class ids, but the loss is a categorical "
+                             f"cross-entropy, which takes one-hot rows: give "
+                             f"keras.utils.to_categorical(y), or compile with "
+                             f"SparseCategoricalCrossentropy")
 
 
 def _check_labels(y, name, classes):
@@ -498,6 +514,7 @@ class L2RWModel(keras.Model):
                                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self.per_example_loss = None
         self._sparse_labels = False
+        self._label_loss = None
         self.zero_weight_fraction = keras.metrics.Mean(name="zero_weight_fraction")
         self.effective_sample_size = keras.metrics.Mean(name="effective_sample_size")
         self.group_weights = {name: keras.metrics.Mean(name=f"weight_on_{name}")
@@ -533,6 +550,7 @@ class L2RWModel(keras.Model):
                              f"concatenate the outputs and write one loss on them)")
         self.per_example_loss = per_example(loss)
         self._sparse_labels = _is_sparse_cross_entropy(loss)
+        self._label_loss = keras.losses.get(loss) if isinstance(loss, str) else loss
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
 
     # Saving: the settings and the wrapped model; the clean set is not saved (see the docstring).
@@ -618,7 +636,7 @@ class L2RWModel(keras.Model):
         x, y = map(_as_arrays, data)
         _check_labels(y, "clean_data's y", self._label_classes())
         arrays = tf.nest.map_structure(tf.convert_to_tensor, (x, y))
-        size = _length(arrays)
+        size = _length(arrays, "clean_data's x and y")
         if size <= 0:
             raise ValueError("clean_data is empty; give arrays (x, y) of the clean set")
         return arrays, size
@@ -745,6 +763,7 @@ class L2RWModel(keras.Model):
             self._track_examples(n)
         clean = self.clean_dataset(noisy_batch, epoch_key)
         _check_same_examples(noisy.element_spec[:2], clean.element_spec)
+        _check_label_encoding(noisy.element_spec[1], "y", self._label_loss)
         data = tf.data.Dataset.zip((noisy, clean))
         if int(noisy.cardinality()) >= 0:
             data = data.apply(tf.data.experimental.assert_cardinality(noisy.cardinality()))

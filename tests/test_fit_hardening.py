@@ -190,6 +190,21 @@ def test_labels_out_of_range_in_a_dataset_are_refused():
         trainer_of().fit(tf.data.Dataset.from_tensor_slices((x, y + 5)).batch(20), verbose=0)
 
 
+def test_labels_of_the_other_encoding_are_refused():
+    x, y, cx, cy = tabular()
+    with pytest.raises(ValueError, match="y looks one-hot.*sparse.*argmax"):
+        trainer_of(clean=(cx, np.eye(2)[cy])).fit(x, np.eye(2)[y], batch_size=20, verbose=0)
+    categorical = keras.losses.CategoricalCrossentropy(from_logits=True)
+    with pytest.raises(ValueError, match="y holds class ids.*to_categorical"):
+        trainer_of(loss=categorical).fit(x, y, batch_size=20, verbose=0)
+
+
+def test_clean_arrays_of_different_lengths_are_named():
+    x, y, cx, cy = tabular()
+    with pytest.raises(ValueError, match=r"clean_data's x and y have different lengths \[9, 10\]"):
+        trainer_of(clean=(cx, cy[:9])).fit(x, y, batch_size=20, verbose=0)
+
+
 def test_string_labels_are_refused():
     x, y, cx, cy = tabular()
     with pytest.raises(TypeError, match="y holds strings.*integer class ids"):
