@@ -407,8 +407,9 @@ def default_clean_batch_size(clean_size, noisy_batch_size=None):
 class L2RWModel(keras.Model):
     """A Keras model that trains `model` by Learning to Reweight Examples (Ren et al. 2018).
 
-    model: any built Keras model whose output the compiled loss takes (logits or probabilities,
-        as the loss says). clean_data: the small trusted set, a `tf.data.Dataset` of unbatched
+    model: any Keras model whose output the compiled loss takes (logits or probabilities,
+        as the loss says); unbuilt (a Sequential without an Input), `fit` builds it on the
+        shape of its input, as Keras' own fit does. clean_data: the small trusted set, a `tf.data.Dataset` of unbatched
         (x, y) pairs (read into memory once per `fit`) or a tuple of arrays (x, y).
         clean_batch_size: clean examples per step (default `default_clean_batch_size`: the
         noisy batch size but at least 100, as the paper's steps; the whole clean set if smaller).
