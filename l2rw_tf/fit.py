@@ -409,7 +409,8 @@ class L2RWModel(keras.Model):
 
     model: any Keras model whose output the compiled loss takes (logits or probabilities,
         as the loss says); unbuilt (a Sequential without an Input), `fit` builds it on the
-        shape of its input, as Keras' own fit does. clean_data: the small trusted set, a `tf.data.Dataset` of unbatched
+        shape of its input, as Keras' own fit does.
+        clean_data: the small trusted set, a `tf.data.Dataset` of unbatched
         (x, y) pairs (read into memory once per `fit`) or a tuple of arrays (x, y).
         clean_batch_size: clean examples per step (default `default_clean_batch_size`: the
         noisy batch size but at least 100, as the paper's steps; the whole clean set if smaller).
@@ -716,8 +717,9 @@ class L2RWModel(keras.Model):
             self._check_dataset(x, batch_size)
         else:
             x, y = _as_arrays(x), _as_arrays(y)
-            _check_labels(y, "y", self._label_classes())
         self._build_model(x)
+        if not isinstance(x, tf.data.Dataset):  # labels checked once the outputs are known
+            _check_labels(y, "y", self._label_classes())
         if self.requested_meta_grad == "layerwise":
             try:
                 reweight.layerwise_layers(self.model)
