@@ -665,7 +665,8 @@ class L2RWModel(keras.Model):
         """The clean set in endless batches of `clean_batch_size`, in a new order every pass (a
         function of `seed`, of the key of `_order_key(epoch_key)` and of the pass)."""
         arrays, size = self._clean_arrays()
-        batch = self.clean_batch_size or default_clean_batch_size(size, noisy_batch_size)
+        batch = (self.clean_batch_size if self.clean_batch_size is not None  # 0 is refused
+                 else default_clean_batch_size(size, noisy_batch_size))
         if not 0 < batch <= size:
             raise ValueError(f"clean_batch_size={batch} must be in [1, {size}] (the clean set)")
         self._clean_batch = batch

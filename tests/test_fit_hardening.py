@@ -305,6 +305,14 @@ def test_a_clean_batch_size_below_one_is_refused(size):
         L2RWModel(mlp(), clean_data=(cx, cy), clean_batch_size=size)
 
 
+def test_a_clean_batch_size_of_zero_set_after_construction_is_refused():
+    x, y, _, _ = tabular()
+    trainer = trainer_of()
+    trainer.clean_batch_size = 0
+    with pytest.raises(ValueError, match=r"clean_batch_size=0 must be in \[1, 10\]"):
+        trainer.fit(x, y, batch_size=20, verbose=0)
+
+
 def test_a_batch_size_below_one_is_refused():
     x, y, _, _ = tabular()
     with pytest.raises(ValueError, match="batch_size=0 must be a positive integer"):
