@@ -152,6 +152,24 @@ def test_a_non_finite_step_keeps_batchnorm_statistics_and_optimizer_state():
     assert all(np.all(np.isfinite(np.asarray(v))) for v in trainer.optimizer.variables)
 
 
+def test_under_a_loss_scale_optimizer_nan_data_stops_but_overflows_do_not():
+    """mixed_float16: the LossScaleOptimizer skips the steps whose scaled gradients overflow
+    (and lowers its scale), which is no divergence; a NaN feature is one."""
+    from l2rw_tf import precision
+    x, y, cx, cy = tabular()
+    with precision.global_policy("mixed_float16"):
+        overflowing = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(0.1),
+                                                          initial_scale=2.0 ** 40)
+        trainer = trainer_of(mlp(), clean=(cx, cy), optimizer=overflowing)
+        trainer.fit(x, y, batch_size=20, shuffle=False, verbose=0)  # both steps skipped
+        assert float(trainer.optimizer.dynamic_scale.numpy()) == 2.0 ** 38
+        x[25, 1] = np.nan
+        trainer = trainer_of(mlp(), clean=(cx, cy))
+        with pytest.raises(FloatingPointError, match="diverged at step 2"):
+            trainer.fit(x, y, batch_size=20, shuffle=False, verbose=0)
+    assert all(np.all(np.isfinite(w)) for w in trainer.model.get_weights())
+
+
 def test_stop_on_nan_false_trains_on():
     x, y, cx, cy = tabular()
     x[25, 1] = np.nan
