@@ -14,6 +14,7 @@ A run writes into `--logdir` (see train.py); rerunning the same command resumes 
 finished run is reported, not rerun.
 """
 import contextlib
+import errno
 import json
 import locale
 import math
@@ -319,7 +320,8 @@ def validate_flags():
                          f"below 2**32)")
     if f.method == "hard_mining" and f.hard_mining_pool < f.batch_size:
         raise UsageError(f"--hard_mining_pool={f.hard_mining_pool} must be at least --batch_size="
-                         f"{f.batch_size}: the pool hard_mining ranks (the original's is 5x the batch)")
+                         f"{f.batch_size}: the pool hard_mining ranks (the original's is 5x the "
+                         f"batch)")
     boundaries, values = f.lr_boundaries or [], f.lr_values or []
     if len(boundaries) != len(values):
         raise UsageError(f"--lr_values needs one rate per --lr_boundaries entry, got "
@@ -756,6 +758,10 @@ def default_logdir():
     return os.path.join("runs", f"{f.task}_{name}_{f.noise}_{f.method}_seed{f.seed}")
 
 
+# A write that fails for want of space (ENOSPC, EDQUOT, EFBIG): one line, and a rerun resumes.
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
 class Stopped(Exception):
     """The run was stopped by a signal (exit status 128 + signal number)."""
 
@@ -867,15 +873,28 @@ def train_run(run_dir, result_path, stop_at_step=None):
                 log=lambda msg: print(msg, flush=True), stop_at_step=stop_at_step,
                 init_fn=init_fn, examples=examples, label_probability=label_probability,
                 strategy=strategy)
-        except (train.Diverged, train.UnreadableCheckpoint, train.CheckpointNotWritten) as e:
+        except (train.Diverged, train.UnreadableCheckpoint, train.WriteFailed) as e:
             raise UsageError(str(e)) from None
         except train.Interrupted as e:
             raise Stopped(e.signum, str(e)) from None
+        except OSError as e:
+            if e.errno not in DISK_FULL_ERRNOS:
+                raise
+            raise UsageError(f"cannot write {e.filename or 'a file of the run'} ({e.strerror}); "
+                             f"the checkpoints are intact: free space there and rerun the same "
+                             f"command to resume") from None
         final["data"] = {**experiment.info, **inputs}
         final["runtime"] = l2rw_tf.runtime()
         final["replicas"] = replicas
         if chief:
-            train.write_json(result_path, final)
+            try:
+                train.write_json(result_path, final)
+            except OSError as e:
+                if e.errno not in DISK_FULL_ERRNOS:
+                    raise
+                raise UsageError(f"cannot write {result_path} ({e.strerror}); training is "
+                                 f"finished and checkpointed: free space there and rerun the "
+                                 f"same command to write it") from None
     print(f"final: {json.dumps(train.finite_or_null(final))}", flush=True)
     return final
 

@@ -288,7 +288,13 @@ class MetricsLog:
 
     def write(self, row):
         self.rows.append(row)
-        write_csv(self.path, self.rows)  # atomic: never a half-written CSV
+        try:
+            write_csv(self.path, self.rows)  # atomic: never a half-written CSV
+        except OSError as e:
+            reason = e.strerror or type(e).__name__
+            raise WriteFailed(f"cannot write {self.path} at step {row['step']} ({reason}); the "
+                              f"checkpoints before it are intact: free space there and rerun "
+                              f"the same command to resume") from None
         with self.writer.as_default(step=int(row["step"])):
             for key, value in row.items():
                 if key != "step":
@@ -298,19 +304,32 @@ class MetricsLog:
 
 def write_csv(path, rows):
     """Rows (dicts) to a CSV, atomically."""
-    with open(path + ".tmp", "w", newline="") as f:
-        out = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
-        out.writeheader()
-        out.writerows(rows)
-    os.replace(path + ".tmp", path)
+    with removed_on_failure(path + ".tmp"):
+        with open(path + ".tmp", "w", newline="") as f:
+            out = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
+            out.writeheader()
+            out.writerows(rows)
+        os.replace(path + ".tmp", path)
+
+
+@contextlib.contextmanager
+def removed_on_failure(path):
+    """Removes the temporary file `path` when the block fails (a full disk): none is left."""
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        raise
 
 
 def write_json(path, obj):
     """`obj` as strict JSON, atomically: NaN and infinities (an undefined statistic, such as the
     mean weight of corrupted examples in a run without any) become null."""
-    with open(path + ".tmp", "w") as f:
-        json.dump(finite_or_null(obj), f, indent=2, sort_keys=True, allow_nan=False)
-    os.replace(path + ".tmp", path)
+    with removed_on_failure(path + ".tmp"):
+        with open(path + ".tmp", "w") as f:
+            json.dump(finite_or_null(obj), f, indent=2, sort_keys=True, allow_nan=False)
+        os.replace(path + ".tmp", path)
 
 
 def finite_or_null(obj):
@@ -340,9 +359,9 @@ class UnreadableCheckpoint(RuntimeError):
     """No checkpoint of the run directory could be restored."""
 
 
-class CheckpointNotWritten(RuntimeError):
-    """A checkpoint could not be written (a full disk); its partial files were removed and the
-    checkpoints before it are intact."""
+class WriteFailed(RuntimeError):
+    """A checkpoint or a file of the run could not be written (a full disk); partial files were
+    removed and the checkpoints before it are intact."""
 
 
 @contextlib.contextmanager
@@ -350,7 +369,7 @@ def checkpoint_written(manager, number):
     """Around the writes of checkpoint `number` of `manager` (the checkpoint and its time
     record): a write that fails (a full disk: ResourceExhaustedError, or an OSError) leaves no
     partial file behind (the `<checkpoint>_temp` directory TensorFlow writes into first, files of
-    a checkpoint not in the index, a temporary time record) and raises CheckpointNotWritten."""
+    a checkpoint not in the index, a temporary time record) and raises WriteFailed."""
     prefix = os.path.join(manager.directory, f"ckpt-{number}")
     try:
         yield
@@ -366,7 +385,7 @@ def checkpoint_written(manager, number):
         with contextlib.suppress(OSError):
             os.remove(prefix + ".seconds.json.tmp")
         kept = [p for p in manager.checkpoints if p != prefix]
-        raise CheckpointNotWritten(
+        raise WriteFailed(
             f"cannot write checkpoint {prefix} ({type(e).__name__}: {reason}); nothing of it was "
             f"kept" + (f", {kept[-1]} is intact" if kept else "") + ": free space there and "
             f"rerun the same command to resume") from None

@@ -3,7 +3,6 @@
 survived (a full disk during a checkpoint, garbage beside the checkpoints, a stale lock)."""
 import json
 import os
-import pathlib
 import re
 import shutil
 import subprocess
@@ -450,6 +449,59 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_the_run_resumes(tmp_pat
     assert not (run / main.LOCK_NAME).exists() and not (run / "result.json").exists()
     main.run(run_args(run))
     same_as(run, straight)
+
+
+def can_mount_tmpfs(path):
+    """Whether this machine lets a process mount a tmpfs in a mount namespace of its own."""
+    if not shutil.which("unshare"):
+        return False
+    path.mkdir(exist_ok=True)
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", f"mount -t tmpfs -o size=1m tmpfs "
+                            f"{path}"], capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+# In a mount namespace of its own: a 4 MB tmpfs, where the run's first checkpoint (about 2.7 MB)
+# fits and its second does not; then the disk grown (space freed) and the same command rerun.
+ON_A_SMALL_DISK = """
+set -u
+mount -t tmpfs -o size=4m tmpfs "$DISK"
+"$PYTHON" -m l2rw_tf.main "$@" --logdir="$DISK/run" > "$OUT/first.out" 2> "$OUT/first.err"
+echo $? > "$OUT/first.code"
+ls -a "$DISK/run/ckpt" > "$OUT/ckpt.ls"
+mount -o remount,size=64m "$DISK"
+"$PYTHON" -m l2rw_tf.main "$@" --logdir="$DISK/run" > "$OUT/second.out" 2> "$OUT/second.err"
+echo $? > "$OUT/second.code"
+cp "$DISK/run/metrics.csv" "$DISK/run/example_weights.csv" "$OUT/"
+"""
+
+
+def test_a_real_full_disk_during_a_checkpoint(tmp_path, straight):
+    """The same as above on a real full disk (a small tmpfs), where the machine allows it."""
+    disk, out = tmp_path / "disk", tmp_path / "out"
+    if not can_mount_tmpfs(disk):
+        pytest.skip("cannot mount a tmpfs in a mount namespace here (unshare -rm)")
+    out.mkdir()
+    subprocess.run(["unshare", "-rm", "sh", "-c", ON_A_SMALL_DISK, "sh", f"--flagfile={FLAGFILE}",
+                    *STEPS], cwd=REPO, timeout=600, check=True,
+                   env={**os.environ, "DISK": str(disk), "OUT": str(out),
+                        "PYTHON": sys.executable})
+    first_err = (out / "first.err").read_text()
+    assert (out / "first.code").read_text().strip() == "2", first_err[-3000:]
+    lines = own_stderr_lines(first_err)
+    assert len(lines) == 1 and lines[0].startswith(
+        f"error: cannot write checkpoint {disk}/run/ckpt/ckpt-20 ("), first_err[-3000:]
+    assert "No space left on device" in lines[0]
+    assert lines[0].endswith(f"{disk}/run/ckpt/ckpt-10 is intact: free space there and rerun "
+                             f"the same command to resume")
+    assert sorted((out / "ckpt.ls").read_text().split()) == [
+        ".", "..", "checkpoint", "ckpt-10.data-00000-of-00001", "ckpt-10.index",
+        "ckpt-10.seconds.json"]
+    second = (out / "second.out").read_text()
+    assert (out / "second.code").read_text().strip() == "0", (out / "second.err").read_text()
+    assert f"resumed from {disk}/run/ckpt/ckpt-10 at step 10" in second
+    for name in ("metrics.csv", "example_weights.csv"):
+        assert (out / name).read_text() == (straight / name).read_text(), name
 
 
 def resume_copy(stopped_run, tmp_path, damage, capsys):
