@@ -571,7 +571,8 @@ def _train(model, optimizer, train_ds, clean_ds, evaluate, run_dir, num_steps, c
                                      stats=stats, example_stats=example_stats,
                                      train_iter=train_iter, clean_iter=clean_iter, **extra)
     ckpt_dir = os.path.join(run_dir, "ckpt")
-    recover_checkpoint_index(ckpt_dir, log)
+    if write_dir == run_dir:  # the chief's: other workers of a cluster do not write there
+        recover_checkpoint_index(ckpt_dir, log)
     try:
         manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, max_to_keep=2)
     except Exception as e:  # noqa: BLE001 -- a corrupt index file: protobuf or OS errors
