@@ -25,5 +25,7 @@ setup(
         "examples": ["scikit-learn"],
         # python -m l2rw_tf.cleanlab_eval: L2RW's label-issue ranking against cleanlab's
         "eval": ["cleanlab", "scikit-learn"],
+        # KERAS_BACKEND=jax: L2RWModel's stateless JAX step (l2rw_tf/jax_step.py)
+        "jax": ["jax[cpu]"],
     },
 )

@@ -439,7 +439,7 @@ class L2RWModel(keras.Model):
         them per step) and `fit` raises FloatingPointError naming the step, as the command line
         stops; False: training goes on regardless (Keras' own behaviour).
 
-    Needs the TensorFlow backend of Keras (refused under another). Recurrent layers train with
+    Needs the TensorFlow or JAX backend of Keras (JAX: jax_step.py). Recurrent layers train with
     `lookahead` (`auto` picks it; `jvp` is refused: `has_recurrent_layer`).
 
     Sample weights (`fit(..., sample_weight=...)`, or the third element of a dataset) multiply
@@ -484,10 +484,13 @@ class L2RWModel(keras.Model):
     def __init__(self, model, clean_data, clean_batch_size=None, meta_grad="auto",
                  include_regularization=True, weight_on=None, seed=0, num_examples=None,
                  meta_dropout=False, stop_on_nan=True, **kwargs):
-        if keras.backend.backend() != "tensorflow":
-            raise ValueError(f"L2RWModel needs the TensorFlow backend of Keras, not "
+        if keras.backend.backend() not in ("tensorflow", "jax"):
+            raise ValueError(f"L2RWModel needs the TensorFlow or JAX backend of Keras, not "
                              f"{keras.backend.backend()!r}: set KERAS_BACKEND=tensorflow")
         super().__init__(**kwargs)
+        if keras.backend.backend() == "jax":  # Keras' stateless JAX steps (jax_step.py)
+            from l2rw_tf import jax_step
+            jax_step.install(self)
         _check_clean_data(clean_data)
         if clean_batch_size is not None and not _is_positive_int(clean_batch_size):
             raise ValueError(f"clean_batch_size={clean_batch_size!r} must be a positive integer "

@@ -1,0 +1,136 @@
+"""L2RWModel under KERAS_BACKEND=jax (l2rw_tf/jax_step.py), exact against the TensorFlow step.
+
+Each backend runs in a subprocess of its own (a process has one Keras backend): the same models,
+initial weights and batches are fitted for 4 steps under both, and the example weights of every
+step (through `example_weights()`, each example seen once: its weight times n) and the variables
+after the steps are compared. Dropout draws its masks from a portable hash of the seed-generator
+state (`PORTABLE_DROPOUT`, the same on both backends, whose own generators differ), so the
+comparison also checks that the JAX step moves and advances the seed states as the TensorFlow
+step does (the clean pass's masks its own, the real pass's those of the noisy meta pass).
+"""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
+                                reason="jax is not installed (pip install -e '.[jax]')")
+
+# name: (model, L2RWModel keyword arguments, meta_grad on JAX). On TensorFlow meta_grad is
+# "auto" (layerwise for the MLP, jvp for the CNN): every method gives the same weights.
+CASES = {
+    "mlp": ("mlp", {}, "auto"),
+    "mlp_l2_equal_lookahead": ("mlp_l2", {"weighting": "equal"}, "lookahead"),
+    "cnn_bn_dropout": ("cnn", {}, "auto"),
+    "cnn_bn_dropout_meta_dropout": ("cnn", {"meta_dropout": True}, "auto"),
+}
+
+SCRIPT = textwrap.dedent('''
+    import json, sys
+    import numpy as np
+    import keras
+    from keras import ops
+    import keras.src.backend
+    from keras.src.random.seed_generator import draw_seed
+
+    def portable_dropout(inputs, rate, noise_shape=None, seed=None):
+        """Dropout whose mask is an integer hash of the seed [s, c] and the element index."""
+        s = ops.cast(draw_seed(seed), "int32")
+        ones = ops.ones_like(ops.reshape(inputs, [-1]), dtype="int32")  # the batch may be None
+        i = ops.reshape(ops.cumsum(ones) - 1, ops.shape(inputs))
+        h = i * 1103515245 + s[0] * 747796405 + s[1] * 277803737
+        for shift in (16, 13, 16):
+            h = ops.bitwise_and(h, 0x7FFFFFFF)
+            h = ops.bitwise_xor(h, ops.right_shift(h, shift)) * 73244475
+        u = ops.cast(ops.bitwise_and(h, 0xFFFFFF), inputs.dtype) / float(2 ** 24)
+        return ops.where(u >= rate, inputs / (1.0 - rate), ops.zeros_like(inputs))
+
+    keras.src.backend.random.dropout = portable_dropout
+    import l2rw_tf
+
+    def build(kind):
+        if kind.startswith("mlp"):
+            reg = keras.regularizers.L2(1e-2) if kind == "mlp_l2" else None
+            return keras.Sequential([
+                keras.Input((6,)),
+                keras.layers.Dense(16, activation="relu", kernel_regularizer=reg),
+                keras.layers.Dense(2, kernel_regularizer=reg)])
+        inputs = keras.Input((8, 8, 1))
+        h = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+        h = keras.layers.BatchNormalization()(h)
+        h = keras.layers.ReLU()(h)
+        h = keras.layers.Dropout(0.3)(h)
+        h = keras.layers.GlobalAveragePooling2D()(h)
+        return keras.Model(inputs, keras.layers.Dense(3)(h))
+
+    def set_initial(model):
+        rng = np.random.default_rng(1)
+        for v in model.variables:  # the weights and the seed-generator states
+            if v.name == "seed_generator_state":
+                v.assign(np.array([12345, 0], v.dtype))
+            elif "variance" in v.name:
+                v.assign((1.0 + 0.2 * np.abs(rng.normal(size=v.shape))).astype(v.dtype))
+            else:
+                v.assign((0.3 * rng.normal(size=v.shape)).astype(v.dtype))
+
+    def data(kind):
+        rng = np.random.default_rng(0)
+        shape = (6,) if kind.startswith("mlp") else (8, 8, 1)
+        x = rng.normal(size=(80,) + shape).astype(np.float32)
+        cx = rng.normal(size=(12,) + shape).astype(np.float32)
+        classes = 2 if kind.startswith("mlp") else 3
+        return x, rng.integers(0, classes, 80), cx, rng.integers(0, classes, 12)
+
+    out = {}
+    for name, (kind, kwargs, jax_meta_grad) in json.loads(sys.argv[2]).items():
+        model = build(kind)
+        set_initial(model)
+        x, y, cx, cy = data(kind)
+        meta_grad = jax_meta_grad if keras.backend.backend() == "jax" else "auto"
+        trainer = l2rw_tf.L2RWModel(model, clean_data=(cx, cy), clean_batch_size=12,
+                                    meta_grad=meta_grad, **kwargs)
+        trainer.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        history = trainer.fit(x, y, batch_size=20, epochs=1, shuffle=False, verbose=0)
+        out[name + "/weights"] = trainer.example_weights()["mean_weight"]
+        out[name + "/zero_weight_fraction"] = np.array(history.history["zero_weight_fraction"])
+        for i, v in enumerate(model.variables):
+            out[f"{name}/{i}"] = np.asarray(v.numpy()).astype(np.float64)
+    np.savez(sys.argv[1], **out)
+''')
+
+
+def run(backend, path):
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="2",
+               JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run([sys.executable, "-c", SCRIPT, str(path), json.dumps(CASES)],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return dict(np.load(path))
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("backends")
+    return {backend: run(backend, tmp / f"{backend}.npz") for backend in ("tensorflow", "jax")}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_jax_fit_takes_the_tensorflow_steps(fitted, case):
+    """Every step's example weights within 1e-5 relative, the variables after 4 steps of `fit`
+    (parameters, BatchNorm statistics, seed states) within 1e-5."""
+    tf_run, jax_run = fitted["tensorflow"], fitted["jax"]
+    weights = tf_run[case + "/weights"]
+    assert 0 < np.mean(weights == 0) < 1  # a real weighting: some examples left out
+    np.testing.assert_allclose(jax_run[case + "/weights"], weights, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(jax_run[case + "/zero_weight_fraction"],
+                               tf_run[case + "/zero_weight_fraction"], rtol=1e-6)
+    keys = sorted(k for k in tf_run if k.startswith(case + "/") and k.split("/")[1].isdigit())
+    assert keys and set(keys) <= set(jax_run)
+    for key in keys:
+        np.testing.assert_allclose(jax_run[key], tf_run[key], rtol=1e-5, atol=1e-6, err_msg=key)
