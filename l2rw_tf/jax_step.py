@@ -177,6 +177,16 @@ class _nothing:
         return False
 
 
+def step_fields(trainer):
+    """{meta_dropout, weighting} of `trainer`'s step, as its TensorFlow train_step sets them in
+    its StepConfig: from its `algorithm` (fit.ALGORITHMS), or from its own fields."""
+    if hasattr(trainer, "algorithm"):
+        from l2rw_tf.fit import ALGORITHMS
+        return dict(ALGORITHMS[trainer.algorithm])
+    return {"meta_dropout": trainer.meta_dropout,
+            "weighting": getattr(trainer, "weighting", "proportional")}
+
+
 def _positions(variables, subset):
     """The index in `variables` of each variable of `subset`."""
     index = {id(v): i for i, v in enumerate(variables)}
@@ -199,8 +209,7 @@ def train_step(trainer, state, data):
         model, [trainable[i] for i in t_index], [non_trainable[i] for i in n_index],
         (x, y, sample_weight), (clean_x, clean_y), per_example(trainer._label_loss),  # noqa: SLF001
         meta_grad=trainer.meta_grad, include_regularization=trainer.include_regularization,
-        meta_dropout=trainer.meta_dropout,
-        weighting=getattr(trainer, "weighting", "proportional"))
+        **step_fields(trainer))
     # The gradients in the trainer's order (the wrapper has no trainable variable of its own).
     trainer_grads = [None] * len(trainable)
     for i, grad in zip(t_index, grads):

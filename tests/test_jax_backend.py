@@ -21,17 +21,19 @@ import pytest
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
                                 reason="jax is not installed (pip install -e '.[jax]')")
 
-# name: (model, L2RWModel keyword arguments, meta_grad on JAX). On TensorFlow meta_grad is
-# "auto" (layerwise for the MLP, jvp for the CNN): every method gives the same weights.
+# name: (model, algorithm, meta_grad on JAX). On TensorFlow meta_grad is "auto" (layerwise for
+# the MLP, jvp for the CNN): every method gives the same weights. The algorithms: "paper"
+# (dropout in the meta passes, proportional weights), "select" (meta passes without dropout,
+# equal weights on the examples of positive alignment).
 CASES = {
-    "mlp": ("mlp", {}, "auto"),
-    "mlp_l2_equal_lookahead": ("mlp_l2", {"weighting": "equal"}, "lookahead"),
-    "cnn_bn_dropout": ("cnn", {}, "auto"),
-    "cnn_bn_dropout_meta_dropout": ("cnn", {"meta_dropout": True}, "auto"),
+    "mlp_paper": ("mlp", "paper", "auto"),
+    "mlp_l2_select_lookahead": ("mlp_l2", "select", "lookahead"),
+    "cnn_bn_dropout_select": ("cnn", "select", "auto"),
+    "cnn_bn_dropout_paper": ("cnn", "paper", "auto"),
 }
 
 SCRIPT = textwrap.dedent('''
-    import json, sys
+    import inspect, json, sys
     import numpy as np
     import keras
     from keras import ops
@@ -86,8 +88,14 @@ SCRIPT = textwrap.dedent('''
         classes = 2 if kind.startswith("mlp") else 3
         return x, rng.integers(0, classes, 80), cx, rng.integers(0, classes, 12)
 
+    # The algorithm as the constructor takes it (`algorithm`, or its two fields).
+    FIELDS = {"select": {"meta_dropout": False, "weighting": "equal"},
+              "paper": {"meta_dropout": True, "weighting": "proportional"}}
+    accepted = inspect.signature(l2rw_tf.L2RWModel).parameters
     out = {}
-    for name, (kind, kwargs, jax_meta_grad) in json.loads(sys.argv[2]).items():
+    for name, (kind, algorithm, jax_meta_grad) in json.loads(sys.argv[2]).items():
+        kwargs = {"algorithm": algorithm} if "algorithm" in accepted else {
+            k: v for k, v in FIELDS[algorithm].items() if k in accepted}
         model = build(kind)
         set_initial(model)
         x, y, cx, cy = data(kind)
