@@ -75,8 +75,9 @@ METHOD_COLORS = {"l2rw": "tab:red", "baseline": "tab:blue", "random": "tab:gray"
                  "ratio": "tab:green", "resample": "tab:purple", "hard_mining": "tab:brown",
                  "weighted": "tab:olive", "finetune": "tab:cyan", "clean_only": "tab:pink"}
 NOISE_NAMES = {"uniform": "UniformFlip", "background": "BackgroundFlip", "none": "no noise"}
-# Flags that differ between the seeds of one setting (finetune names its own seed's baseline).
-PER_SEED_FLAGS = ("seed", "train_seed", "finetune_from")
+# Flags that differ between the seeds of one setting (finetune names its own seed's baseline);
+# and where the data was read from (flags.json's data_dir), which is no part of the setting.
+PER_SEED_FLAGS = ("seed", "train_seed", "finetune_from", "data_dir")
 
 # Paper Tables 1 and 2 (reference.md §4): test accuracy %, 40% noise, mean ± 95% CI over 5 splits.
 # Keyed by (dataset, noise, method); Weighted is BackgroundFlip CIFAR-10 only.

@@ -42,8 +42,8 @@ def seed_name(run):
 def summarize(runs):
     """Groups runs by all flags except the seeds (--seed, --train_seed); mean and sample
     standard deviation (n - 1) of each metric, as plots.mean_std."""
-    flag_keys = [k for k in runs[0]
-                 if k not in METRICS and k not in ("run_dir", "seed", "train_seed")]
+    flag_keys = [k for k in runs[0]  # (where the data was read from is no part of the setting)
+                 if k not in METRICS and k not in ("run_dir", "seed", "train_seed", "data_dir")]
     varying = [k for k in flag_keys if len({json.dumps(r.get(k)) for r in runs}) > 1]
     groups = {}
     for r in runs:

@@ -385,6 +385,16 @@ def test_flags_json_records_the_data_directory(straight):
     flags.FLAGS.unparse_flags()
 
 
+def test_the_data_directory_is_no_part_of_a_setting_in_tables_and_figures():
+    from l2rw_tf import plots, report
+    runs = [{"run_dir": f"r{seed}", "method": "l2rw", "seed": seed, "data_dir": data_dir,
+             "test_accuracy": 0.9} for seed, data_dir in ((0, None), (1, "/a"), (2, "/b"))]
+    (row,) = report.summarize(runs)
+    assert row["seeds"] == "0 1 2"
+    plots.check_one_setting([{"flags": {"method": "l2rw", "data_dir": d}} for d in ("/a", "/b")],
+                            varying=())
+
+
 def test_cleanlab_eval_reads_the_data_directory_the_run_recorded(tmp_path):
     from l2rw_tf import cleanlab_eval, ranking
     run = tmp_path / "l2rw"
