@@ -27,6 +27,7 @@ Not on JAX yet: `stop_on_nan` (a diverged step is not undone; the flag is ignore
 LossScaleOptimizer (mixed_float16, refused) and `keras.distribution` (one device).
 """
 import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -200,6 +201,9 @@ def train_step(trainer, state, data):
     trainable, non_trainable, optimizer_values, metrics_values = state
     (x, y, sample_weight, position), (clean_x, clean_y) = data
     model = trainer.model
+    if trainer.stop_on_nan:  # said once per trace of the step
+        warnings.warn("L2RWModel(stop_on_nan=True) is not applied on the JAX backend yet: a step "
+                      "that gives NaN or inf is kept and fit does not stop", stacklevel=2)
     if isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer):
         raise ValueError("L2RWModel on JAX does not support a LossScaleOptimizer (mixed_float16) "
                          "yet: use the TensorFlow backend for it")
