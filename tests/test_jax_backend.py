@@ -21,7 +21,7 @@ import pytest
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
                                 reason="jax is not installed (pip install -e '.[jax]')")
 
-# name: (model, algorithm, meta_grad on JAX). On TensorFlow meta_grad is "auto" (layerwise for
+# name: (model, algorithm, meta_grad on JAX; the MLPs with sample weights). On TensorFlow meta_grad is "auto" (layerwise for
 # the MLP, jvp for the CNN): every method gives the same weights. The algorithms: "paper"
 # (dropout in the meta passes, proportional weights), "select" (meta passes without dropout,
 # equal weights on the examples of positive alignment).
@@ -104,7 +104,10 @@ SCRIPT = textwrap.dedent('''
                                     meta_grad=meta_grad, **kwargs)
         trainer.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
                         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        history = trainer.fit(x, y, batch_size=20, epochs=1, shuffle=False, verbose=0)
+        # Sample weights on the MLPs (0 leaves an example out, the others scale its loss).
+        sample_weight = np.tile([1.0, 0.0, 0.5, 2.0], 20) if kind.startswith("mlp") else None
+        history = trainer.fit(x, y, batch_size=20, epochs=1, shuffle=False, verbose=0,
+                              sample_weight=sample_weight)
         out[name + "/weights"] = trainer.example_weights()["mean_weight"]
         out[name + "/zero_weight_fraction"] = np.array(history.history["zero_weight_fraction"])
         for i, v in enumerate(model.variables):
