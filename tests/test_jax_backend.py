@@ -145,3 +145,49 @@ def test_jax_fit_takes_the_tensorflow_steps(fitted, case):
     assert keys and set(keys) <= set(jax_run)
     for key in keys:
         np.testing.assert_allclose(jax_run[key], tf_run[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+RESUME_SCRIPT = textwrap.dedent('''
+    import sys
+    import numpy as np
+    import keras
+    import l2rw_tf
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+
+    def trainer():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="relu"),
+                                  keras.layers.Dropout(0.3), keras.layers.Dense(2)])
+        trainer = l2rw_tf.L2RWModel(model, clean_data=(x[:10], y[:10]), clean_batch_size=5,
+                                    stop_on_nan=False)
+        trainer.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return trainer
+
+    backup = sys.argv[1]
+    whole = trainer()
+    whole.fit(x, y, batch_size=20, epochs=3, verbose=0)
+    interrupted = trainer()  # stops after 2 epochs, its backup kept
+    interrupted.fit(x, y, batch_size=20, epochs=2, verbose=0, callbacks=[
+        keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False)])
+    resumed = trainer()
+    resumed.fit(x, y, batch_size=20, epochs=3, verbose=0,
+                callbacks=[keras.callbacks.BackupAndRestore(backup)])
+    assert int(resumed.optimizer.iterations.numpy()) == 9
+    for a, b in zip(whole.model.get_weights(), resumed.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(whole.example_stats.numpy(), resumed.example_stats.numpy())
+''')
+
+
+def test_backup_and_restore_resumes_exactly_on_jax(tmp_path):
+    """A JAX fit resumed by BackupAndRestore after 2 of 3 epochs ends with the weights (dropout
+    masks included: the seed states are in the backup) and statistics of an uninterrupted one."""
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2",
+               JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run([sys.executable, "-c", RESUME_SCRIPT, str(tmp_path / "backup")],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
