@@ -23,11 +23,12 @@ values, (trainable, non-trainable, optimizer, metrics), and returns them updated
 * The weight metrics and the per-example statistics (`example_stats`) are updated inside a
   `StatelessScope` that maps the trainer's variables to the traced values.
 
-Not on JAX yet: `stop_on_nan` (a diverged step is not undone; the flag is ignored), a
-LossScaleOptimizer (mixed_float16, refused) and `keras.distribution` (one device).
+`stop_on_nan`: a step that is not finite is undone in the step (its values selected away) and
+its number handed to the host (`jax.debug.callback`) for fit's StopOnNonFinite to raise.
+Not on JAX yet: a LossScaleOptimizer (mixed_float16, refused) and `keras.distribution` (one
+device).
 """
 import functools
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -201,9 +202,6 @@ def train_step(trainer, state, data):
     trainable, non_trainable, optimizer_values, metrics_values = state
     (x, y, sample_weight, position), (clean_x, clean_y) = data
     model = trainer.model
-    if trainer.stop_on_nan:  # said once per trace of the step
-        warnings.warn("L2RWModel(stop_on_nan=True) is not applied on the JAX backend yet: a step "
-                      "that gives NaN or inf is kept and fit does not stop", stacklevel=2)
     if isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer):
         raise ValueError("L2RWModel on JAX does not support a LossScaleOptimizer (mixed_float16) "
                          "yet: use the TensorFlow backend for it")
@@ -218,11 +216,18 @@ def train_step(trainer, state, data):
     trainer_grads = [None] * len(trainable)
     for i, grad in zip(t_index, grads):
         trainer_grads[i] = grad
+    before = (trainable, non_trainable, optimizer_values, metrics_values)
+    step = optimizer_values[_positions(trainer.optimizer.variables,
+                                       [trainer.optimizer.iterations])[0]] + 1
     trainable, optimizer_values = trainer.optimizer.stateless_apply(
         optimizer_values, trainer_grads, trainable)
     non_trainable = list(non_trainable)
     for i, value in zip(n_index, new_model_values):
         non_trainable[i] = value
+    finite = None
+    if trainer.stop_on_nan:
+        finite = _all_finite([losses, loss, weights, *trainable,
+                              *(non_trainable[i] for i in n_index)])
 
     # The statistics, as the TensorFlow step keeps them: read and written through a scope that
     # maps the metrics' variables and `example_stats` to this step's values.
@@ -239,7 +244,40 @@ def train_step(trainer, state, data):
     metrics_values = [_current(scope, v) for v in trainer.metrics_variables]
     if stats is not None:
         non_trainable[stats_index] = _current(scope, stats)
+    if finite is not None:
+        trainable, non_trainable, optimizer_values, metrics_values = _kept_unless_finite(
+            trainer, finite, step, before, (trainable, non_trainable, optimizer_values,
+                                            metrics_values))
     return logs, (trainable, non_trainable, optimizer_values, metrics_values)
+
+
+def _all_finite(tensors):
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(t)) for t in tensors
+                              if jnp.issubdtype(jnp.asarray(t).dtype, jnp.floating)]))
+
+
+def _kept_unless_finite(trainer, finite, step, before, after):
+    """stop_on_nan, as the TensorFlow step: a step that is not `finite` leaves the model's and
+    the optimizer's values, the weight statistics and the loss as they were `before` it (the
+    compiled metrics take its outputs, as on TensorFlow), and `trainer.diverged_at` (read by
+    fit's StopOnNonFinite callback) becomes its number, 1-based, the first such step's."""
+    def select(old, new):
+        return [jnp.where(finite, b, a) for a, b in zip(old, new)]
+
+    trainable, non_trainable, optimizer_values = (select(a, b)
+                                                  for a, b in zip(before[:3], after[:3]))
+    statistics = [trainer.zero_weight_fraction, trainer.effective_sample_size,
+                  trainer._loss_tracker, *trainer.group_weights.values()]  # noqa: SLF001
+    kept = {id(v) for metric in statistics for v in metric.variables}
+    metrics_values = [jnp.where(finite, new, old) if id(v) in kept else new
+                      for v, old, new in zip(trainer.metrics_variables, before[3], after[3])]
+
+    def record(finite, step):
+        if not finite and int(trainer.diverged_at.numpy()) < 0:
+            trainer.diverged_at.assign(int(step))
+
+    jax.debug.callback(record, finite, step)
+    return trainable, non_trainable, optimizer_values, metrics_values
 
 
 def _current(scope, variable):

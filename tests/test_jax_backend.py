@@ -191,3 +191,49 @@ def test_backup_and_restore_resumes_exactly_on_jax(tmp_path):
     done = subprocess.run([sys.executable, "-c", RESUME_SCRIPT, str(tmp_path / "backup")],
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+NAN_SCRIPT = textwrap.dedent('''
+    import numpy as np
+    import keras
+    import l2rw_tf
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 6)).astype(np.float32)
+    y = (x[:, 0] > 0).astype(np.int64)
+
+    def trainer():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(16, activation="relu"),
+                                  keras.layers.Dropout(0.3), keras.layers.Dense(2)])
+        trainer = l2rw_tf.L2RWModel(model, clean_data=(x[:10], y[:10]), clean_batch_size=5)
+        trainer.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
+                        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return trainer
+
+    first = trainer()
+    first.fit(x[:20], y[:20], batch_size=20, shuffle=False, verbose=0)
+    bad = x.copy()
+    bad[25] = np.nan  # in the second batch
+    diverged = trainer()
+    try:
+        diverged.fit(bad, y, batch_size=20, shuffle=False, verbose=0)
+        raise AssertionError("fit did not stop")
+    except FloatingPointError as e:
+        assert "diverged at step 2" in str(e), e
+    assert int(diverged.optimizer.iterations.numpy()) == 1
+    for a, b in zip(first.model.variables, diverged.model.variables):  # seed states included
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    np.testing.assert_array_equal(diverged.example_weights()["times_seen"][:40],
+                                  [1] * 20 + [0] * 20)
+''')
+
+
+def test_a_nan_step_is_undone_and_stops_fit_on_jax():
+    """stop_on_nan on JAX, as on TensorFlow: the step of a NaN input is undone (model, optimizer
+    and statistics as after step 1) and fit raises FloatingPointError naming step 2."""
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2",
+               JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run([sys.executable, "-c", NAN_SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
