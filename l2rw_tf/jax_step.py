@@ -19,7 +19,12 @@ values, (trainable, non-trainable, optimizer, metrics), and returns them updated
 * The weights: `WEIGHTINGS`, reweight.py's two weightings in keras.ops, then the gradient of
   Σ w_i C_i + regularisation through the real step's forward pass (from the model's own state:
   BatchNorm statistics and seed states advance as on TensorFlow), and
-  `optimizer.stateless_apply`.
+  `optimizer.stateless_apply`. When the noisy meta pass is the real step's (`jvp` with
+  `meta_dropout`, or a model without noise layers) the two share one pass, as
+  `reweight.fused_l2rw_gradients` does: `jax.linearize` of the noisy pass gives the alignments
+  (the linear map along the clean gradient) and, through `jax.linear_transpose`, the weighted
+  gradient (on LeNet, batch 100, m = 100, CPU: the L2RW step / plain step ratio went from 4.5 to
+  3.2 with it; TensorFlow's `layerwise`: 2.9).
 * The weight metrics and the per-example statistics (`example_stats`) are updated inside a
   `StatelessScope` that maps the trainer's variables to the traced values.
 
@@ -146,6 +151,24 @@ def l2rw_gradients(model, trainable, non_trainable, noisy, clean, loss_fn, meta_
         return noisy_pass(params)[0]
 
     silent = not meta_dropout and reweight.noise_layers(model)
+    if meta_grad != "lookahead" and not silent:
+        # Fused, as reweight.fused_l2rw_gradients: the noisy meta pass is the real step's, so one
+        # linearised noisy pass gives the alignments (the linear map along the clean gradient)
+        # and, transposed, the gradient of Σ w_i C_i + regularisation.
+        def noisy_objectives(params):
+            losses, (outputs, new_non_trainable, reg_losses) = noisy_pass(params)
+            regularization = _sum(reg_losses) if reg_losses else jnp.zeros((), losses.dtype)
+            return (losses, regularization), (outputs, new_non_trainable)
+
+        direction = jax.grad(clean_meta_loss)(trainable)
+        (losses, regularization), linear, (outputs, new_non_trainable) = jax.linearize(
+            noisy_objectives, trainable, has_aux=True)
+        weights = jax.lax.stop_gradient(WEIGHTINGS[weighting](linear(direction)[0]))
+        cast_weights = ops.cast(weights, losses.dtype)
+        (grads,) = jax.linear_transpose(linear, trainable)(
+            (cast_weights, jnp.ones_like(regularization)))
+        loss = jnp.sum(cast_weights * losses) + regularization
+        return grads, weights, losses, loss, new_non_trainable, outputs
     with reweight.noise_off(model) if silent else _nothing():
         if meta_grad == "lookahead":
             def lookahead_loss(eps):

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
 # (dropout in the meta passes, proportional weights), "select" (meta passes without dropout,
 # equal weights on the examples of positive alignment).
 CASES = {
-    "mlp_paper": ("mlp", "paper", "auto"),
+    "mlp_l2_paper": ("mlp_l2", "paper", "auto"),
     "mlp_l2_select_lookahead": ("mlp_l2", "select", "lookahead"),
     "cnn_bn_dropout_select": ("cnn", "select", "auto"),
     "cnn_bn_dropout_paper": ("cnn", "paper", "auto"),
