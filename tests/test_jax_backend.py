@@ -30,6 +30,7 @@ CASES = {
     "mlp_l2_select_lookahead": ("mlp_l2", "select", "lookahead"),
     "cnn_bn_dropout_select": ("cnn", "select", "auto"),
     "cnn_bn_dropout_paper": ("cnn", "paper", "auto"),
+    "embedding_paper": ("embedding", "paper", "auto"),
 }
 
 SCRIPT = textwrap.dedent('''
@@ -62,6 +63,10 @@ SCRIPT = textwrap.dedent('''
                 keras.Input((6,)),
                 keras.layers.Dense(16, activation="relu", kernel_regularizer=reg),
                 keras.layers.Dense(2, kernel_regularizer=reg)])
+        if kind == "embedding":
+            tokens = keras.Input((5,), dtype="int32")
+            h = keras.layers.GlobalAveragePooling1D()(keras.layers.Embedding(30, 4)(tokens))
+            return keras.Model(tokens, keras.layers.Dense(2)(h))
         inputs = keras.Input((8, 8, 1))
         h = keras.layers.Conv2D(4, 3, padding="same")(inputs)
         h = keras.layers.BatchNormalization()(h)
@@ -82,6 +87,9 @@ SCRIPT = textwrap.dedent('''
 
     def data(kind):
         rng = np.random.default_rng(0)
+        if kind == "embedding":
+            x, cx = rng.integers(0, 30, (80, 5)).astype(np.int32), rng.integers(0, 30, (12, 5))
+            return x, (x[:, 0] > 15).astype(np.int64), cx.astype(np.int32), rng.integers(0, 2, 12)
         shape = (6,) if kind.startswith("mlp") else (8, 8, 1)
         x = rng.normal(size=(80,) + shape).astype(np.float32)
         cx = rng.normal(size=(12,) + shape).astype(np.float32)
