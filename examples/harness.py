@@ -55,10 +55,12 @@ def parser(name, description, *, epochs, batch_size, lr, clean_per_class=10, see
     p.add_argument("--lr_schedule", choices=("step", "constant"), default="step",
                    help="step: the learning rate / 10 after half the steps and / 100 after "
                         "three quarters (as the paper's schedules); constant: --lr throughout")
-    p.add_argument("--noise", choices=("uniform", "background"), default=noise,
-                   help="UniformFlip (another class, uniformly) or BackgroundFlip (one class)")
+    p.add_argument("--noise", choices=("uniform", "background", "none"), default=noise,
+                   help="UniformFlip (another class, uniformly), BackgroundFlip (one class) or "
+                        "none (every label as given: what L2RW costs on clean data)")
     p.add_argument("--ratio", type=float, default=ratio,
-                   help="fraction of the noisy training labels corrupted")
+                   help="fraction of the noisy training labels corrupted (ignored with "
+                        "--noise=none)")
     p.add_argument("--clean_per_class", type=int, default=clean_per_class,
                    help="trusted examples per class, taken out of the training split")
     p.add_argument("--clean_batch_size", type=int, default=0,
@@ -93,7 +95,7 @@ def parse(p, argv):
         p.error("--clean_batch_size must be 0 (the whole clean set) or more")
     if not (math.isfinite(args.lr) and args.lr > 0):
         p.error("--lr must be a positive number")
-    if not 0 < args.ratio < 1:
+    if args.noise != "none" and not 0 < args.ratio < 1:
         p.error("--ratio must be in (0, 1)")
     return args
 
@@ -190,8 +192,9 @@ def run_seed(seed, args, data, build_model, out_dir):
     n, k = len(noisy), int(is_corrupted.sum())
     steps_per_epoch = math.ceil(n / args.batch_size)
     steps = steps_per_epoch * args.epochs
-    print(f"seed {seed}: {n} noisy training examples ({k} corrupted, {args.noise} "
-          f"{args.ratio:.0%}{'' if background is None else f', background class {background}'}), "
+    noise = "clean labels" if args.noise == "none" else f"{args.noise} {args.ratio:.0%}"
+    print(f"seed {seed}: {n} noisy training examples ({k} corrupted, {noise}"
+          f"{'' if background is None else f', background class {background}'}), "
           f"{len(clean)} clean ({args.clean_per_class} per class), {len(test_y)} test; "
           f"{steps} steps of batch {args.batch_size}", flush=True)
 
@@ -218,8 +221,10 @@ def run_seed(seed, args, data, build_model, out_dir):
 
     def memorised(model):
         """Fraction of the corrupted training examples predicted as their (wrong) given label."""
+        if not k:  # clean labels (--noise=none): nothing to memorise
+            return float("nan")
         predicted = np.argmax(model.predict(x[is_corrupted], batch_size=500, verbose=0), 1)
-        return float(np.mean(predicted == noisy_y[is_corrupted])) if k else float("nan")
+        return float(np.mean(predicted == noisy_y[is_corrupted]))
 
     results, histories, models = {}, [], {}
 
@@ -287,21 +292,23 @@ def run_seed(seed, args, data, build_model, out_dir):
     # The mislabel ranking: L2RW's (label_issues), the plain model's label probability, chance.
     ranked = l2rw_tf.label_issues(trainer, x, noisy_y, batch_size=500, seed=seed)
     order = ranked["position"]
-    l2rw_precision = ranking.precision_at(is_corrupted[order], k, ranked["tie_group"])
+    # With clean labels (--noise=none) nothing is to be found: no precision (None).
+    l2rw_precision = ranking.precision_at(is_corrupted[order], k, ranked["tie_group"]) if k \
+        else None
     p_plain = _softmax(plain.predict(x, batch_size=500, verbose=0).astype(np.float64))[
         np.arange(n), noisy_y]
     plain_order = np.lexsort([np.random.default_rng(seed).permutation(n), p_plain])
-    plain_precision = ranking.precision_at(is_corrupted[plain_order], k)
+    plain_precision = ranking.precision_at(is_corrupted[plain_order], k) if k else None
     small_k = min(100, k)
     ranking_numbers = {
         "k": k, "chance": k / n,
         "l2rw_precision_at_k": l2rw_precision,
         "plain_probability_precision_at_k": plain_precision,
         "small_k": small_k,
-        "l2rw_precision_at_small_k": ranking.precision_at(is_corrupted[order], small_k,
-                                                          ranked["tie_group"]),
+        "l2rw_precision_at_small_k": ranking.precision_at(
+            is_corrupted[order], small_k, ranked["tie_group"]) if k else None,
         "plain_probability_precision_at_small_k": ranking.precision_at(
-            is_corrupted[plain_order], small_k),
+            is_corrupted[plain_order], small_k) if k else None,
         "examples_at_mean_weight_zero": int(np.sum(ranked["mean_weight"] == 0)),
     }
 

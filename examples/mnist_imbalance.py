@@ -43,12 +43,28 @@ def build_parser():
     p.add_argument("--pos_ratio", type=float, default=0.995, help="proportion of 9s")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--plain", action="store_true", help="also train plain model.fit")
+    p.add_argument("--algorithm", choices=("select", "paper"), default="select",
+                   help="L2RWModel's algorithm: its default or the paper's Algorithm 1")
     p.add_argument("--data_dir", default=None, help="tfds data dir (default $TFDS_DATA_DIR)")
     p.add_argument("--out", default=None,
                    help="output directory (default runs/examples/mnist_imbalance)")
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--verbose", type=int, default=0, choices=(0, 1, 2))
     return p
+
+
+def validation_set(arrays):
+    """Balanced 4s (label 0) and 9s (label 1) from the first 5,000 MNIST training images, TF's
+    validation split, which the experiment never draws from: a validation set carved from the
+    training data (the test set only measures)."""
+    import numpy as np
+    from l2rw_tf import data
+    images, labels = arrays[0][0][:data.MNIST_TF_VALIDATION], arrays[0][1][:data.MNIST_TF_VALIDATION]
+    fours, nines = np.flatnonzero(labels == 4), np.flatnonzero(labels == 9)
+    k = min(len(fours), len(nines))
+    index = np.concatenate([fours[:k], nines[:k]])
+    return (data.to_float(images[index]).numpy(),
+            np.concatenate([np.zeros(k), np.ones(k)]).astype(np.float32))
 
 
 def run_seed(seed, args, arrays):
@@ -80,13 +96,15 @@ def run_seed(seed, args, arrays):
     results = {"seed": seed, "train_fours": int((y == 0).sum()), "train_nines": int(y.sum()),
                "steps": epochs * batches_per_epoch}
     trainer = l2rw_tf.L2RWModel(model, clean_data=clean, seed=seed,
-                                weight_on={"fours": y == 0})
+                                weight_on={"fours": y == 0}, algorithm=args.algorithm)
     compile_(trainer)
     t0 = time.time()
     history = trainer.fit(x, y, batch_size=100, epochs=epochs, verbose=args.verbose)
     results["l2rw_seconds"] = time.time() - t0
     results["l2rw_test_accuracy"] = float(trainer.evaluate(*test, verbose=0, return_dict=True)
                                           ["accuracy"])
+    results["l2rw_validation_accuracy"] = float(trainer.evaluate(
+        *validation_set(arrays), verbose=0, return_dict=True)["accuracy"])
     results["l2rw_weight_on_fours_last_epoch"] = float(history.history["weight_on_fours"][-1])
     if args.plain:
         plain = models.build_model("lenet", 2, experiment.input_shape, seed=seed)

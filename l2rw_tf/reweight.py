@@ -120,6 +120,30 @@ def normalize_weights(raw_weights):
     return clipped / (total + tf.cast(tf.equal(total, 0.0), total.dtype))
 
 
+def equal_weights(raw_weights):
+    """w = 1[raw > 0] / #(raw > 0): every example of positive alignment gets the same weight,
+    the others 0 (all zero when none is positive). The clean set then decides which examples
+    the step takes, not how much each counts: the weighted gradient is the mean gradient of the
+    examples kept, as plain training's of its batch. (With `normalize_weights` it is
+    Σ_i ⟨∇C_i, v⟩ ∇C_i over the kept ones, the clean gradient v through the noisy examples'
+    outer products, which leans on the few examples of largest gradient.) A non-finite alignment
+    (float16 overflowed in the meta pass) makes every weight NaN, as it makes the proportional
+    ones (∞/∞), so that a LossScaleOptimizer skips the step. Under a strategy the count (and the
+    check) is the global batch's: one all-reduce of two floats."""
+    raw = at_least_float32(raw_weights)
+    kept = tf.cast(raw > 0, raw.dtype)
+    non_finite = tf.cast(tf.logical_not(tf.math.is_finite(raw)), raw.dtype)
+    count, non_finite = tf.unstack(distribute.replica_sum(
+        tf.stack([tf.reduce_sum(kept), tf.reduce_sum(non_finite)])))
+    weights = kept / tf.maximum(count, 1.0)
+    return tf.where(non_finite > 0, tf.fill(tf.shape(weights), float("nan")), weights)
+
+
+# How the clipped alignments become weights, by name (`StepConfig.weighting`): the paper's
+# proportional normalisation, or equal weights on the examples of positive alignment.
+WEIGHTINGS = {"proportional": normalize_weights, "equal": equal_weights}
+
+
 # The clean meta pass's seed-generator states sit this far along their counter (see
 # `meta_pass_state`): 2^30, half of the int32 range the TF backend reduces seeds to.
 CLEAN_PASS_SEED_OFFSET = 2 ** 30
@@ -450,7 +474,7 @@ def layerwise_alignment(model, noisy_batch, clean_batch, include_regularization=
 
 
 def layerwise_l2rw_gradients(model, noisy_batch, clean_batch, include_regularization=False,
-                             loss_fn=per_example_loss, loss_scale=None):
+                             loss_fn=per_example_loss, loss_scale=None, weighting="proportional"):
     """The whole L2RW step's gradient by the `layerwise` method (the fastest exact way on the
     models it applies to): one forward and one backward pass over the noisy and clean batches
     together, and the weighted gradient of each layer contracted from its inputs and its δ_i·w_i,
@@ -461,7 +485,7 @@ def layerwise_l2rw_gradients(model, noisy_batch, clean_batch, include_regulariza
     losses, alignment, layers, outputs = _layerwise_pass(
         model, noisy_batch, clean_batch, regularization_grads if include_regularization else {},
         loss_fn, loss_scale)
-    weights = tf.stop_gradient(normalize_weights(alignment))
+    weights = tf.stop_gradient(WEIGHTINGS[weighting](alignment))
     # Nonzero, not positive: a NaN weight (float16 overflowed in the meta pass) must reach the
     # gradients, so that a LossScaleOptimizer skips the step and lowers its scale.
     kept = tf.where(tf.not_equal(weights, 0.0))[:, 0]
@@ -483,7 +507,8 @@ def layerwise_l2rw_gradients(model, noisy_batch, clean_batch, include_regulariza
 
 
 def example_weights(model, noisy_batch, clean_batch, meta_grad="jvp",
-                    include_regularization=False, loss_fn=per_example_loss, loss_scale=None):
+                    include_regularization=False, loss_fn=per_example_loss, loss_scale=None,
+                    weighting="proportional"):
     """The L2RW weights of the noisy batch: a constant vector (stop-gradient) summing to 1 or 0.
 
     model: a built Keras model (outputs as `loss_fn` takes them; default: logits).
@@ -493,23 +518,28 @@ def example_weights(model, noisy_batch, clean_batch, meta_grad="jvp",
     include_regularization: add `model.losses` (weight decay) to the clean meta loss.
     loss_fn(labels, outputs): the per-example loss C_i, a vector (default: cross-entropy).
     loss_scale: mixed_float16's loss scale S (None: none); the weights are the same.
+    weighting: "proportional" (the paper's: w ∝ max(alignment, 0), `normalize_weights`) or
+    "equal" (the same weight on every example of positive alignment, `equal_weights`).
     """
     if meta_grad not in ALIGNMENTS:
         raise ValueError(f"unknown meta_grad {meta_grad!r}: choose one of {META_GRADIENTS}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}: choose one of {tuple(WEIGHTINGS)}")
     alignment = ALIGNMENTS[meta_grad](model, noisy_batch, clean_batch, include_regularization,
                                       loss_fn=loss_fn, loss_scale=loss_scale)
-    return tf.stop_gradient(normalize_weights(alignment))
+    return tf.stop_gradient(WEIGHTINGS[weighting](alignment))
 
 
 def fused_lookahead_gradients(model, noisy_batch, clean_batch, include_regularization=False,
-                              step_size=1.0, loss_fn=per_example_loss, loss_scale=None):
+                              step_size=1.0, loss_fn=per_example_loss, loss_scale=None,
+                              weighting="proportional"):
     """Algorithm 1 and the weighted step from one noisy forward pass: the look-ahead's inner tape
     (kept) is differentiated a second time, with the weights, for the real step (instead of a
     second forward pass). Returns a `StepGradients`, like `fused_l2rw_gradients`."""
     alignment, inner, params, losses, regularization, new_non_trainable, outputs = _lookahead(
         model, noisy_batch, clean_batch, include_regularization, step_size, keep_tape=True,
         loss_fn=loss_fn, loss_scale=loss_scale)
-    weights = tf.stop_gradient(normalize_weights(alignment))
+    weights = tf.stop_gradient(WEIGHTINGS[weighting](alignment))
     # ∇θ(Σ w_i C_i + regularisation) through the recorded pass: output gradients (w, 1). Sparse
     # gradients stay IndexedSlices, as the tape (and `fused_l2rw_gradients`) returns them.
     # (Output gradients times the loss scale: the gradients of the scaled objective.)
@@ -527,7 +557,7 @@ def fused_lookahead_gradients(model, noisy_batch, clean_batch, include_regulariz
 
 
 def fused_l2rw_gradients(model, noisy_batch, clean_batch, include_regularization=False,
-                         loss_fn=per_example_loss, loss_scale=None):
+                         loss_fn=per_example_loss, loss_scale=None, weighting="proportional"):
     """The whole L2RW step's gradient with one noisy forward pass (the fast path).
 
     The training-mode forward pass of the real step is run under a `ForwardAccumulator` along the
@@ -551,7 +581,7 @@ def fused_l2rw_gradients(model, noisy_batch, clean_batch, include_regularization
             logits, new_non_trainable, reg_losses = model.stateless_call(
                 params, meta_pass_state(model), x, training=True, return_losses=True)
             losses = scaled(loss_fn(y, logits), sample_weight)
-        weights = tf.stop_gradient(normalize_weights(
+        weights = tf.stop_gradient(WEIGHTINGS[weighting](
             acc.jvp(losses, unconnected_gradients=tf.UnconnectedGradients.ZERO)))
         loss = tf.reduce_sum(weights * losses)
         if reg_losses:  # 1/R of it per replica under a strategy (distribute.replica_share)

@@ -44,6 +44,9 @@ class StepConfig:
     # original code; False: the weights from the meta passes without it, the step with it
     # (L2RWModel's default, results/stability/README.md).
     meta_dropout: bool = True
+    # l2rw: how the clipped alignments become weights (reweight.WEIGHTINGS): "proportional", the
+    # paper's, or "equal" on every example of positive alignment (L2RWModel's default).
+    weighting: str = "proportional"
 
 
 def l2rw_step(model, config, noisy, clean, rng, loss_fn, loss_scale=None):
@@ -55,15 +58,18 @@ def l2rw_step(model, config, noisy, clean, rng, loss_fn, loss_scale=None):
     if not config.meta_dropout and reweight.noise_layers(model):
         with reweight.noise_off(model):
             weights = reweight.example_weights(model, noisy, clean, config.meta_grad,
-                                               config.clean_weight_decay, loss_fn, loss_scale)
+                                               config.clean_weight_decay, loss_fn, loss_scale,
+                                               config.weighting)
         return weighted_step(model, weights, noisy, loss_fn, loss_scale)
     if not config.fused:
         weights = reweight.example_weights(model, noisy, clean, config.meta_grad,
-                                           config.clean_weight_decay, loss_fn, loss_scale)
+                                           config.clean_weight_decay, loss_fn, loss_scale,
+                                           config.weighting)
         return weighted_step(model, weights, noisy, loss_fn, loss_scale)
     result = reweight.FUSED_STEPS[config.meta_grad](model, noisy, clean,
                                                     config.clean_weight_decay, loss_fn=loss_fn,
-                                                    loss_scale=loss_scale)
+                                                    loss_scale=loss_scale,
+                                                    weighting=config.weighting)
     if result.non_trainable is not None:  # BN moving statistics, dropout seed states
         for variable, value in zip(model.non_trainable_variables, result.non_trainable):
             variable.assign(value)

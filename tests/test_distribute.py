@@ -331,7 +331,8 @@ def _case_fit():
     with strategy.scope():
         model, _ = _build("lenet", strategy)
         trainer = l2rw_tf.L2RWModel(model, clean_data=(clean["image"], clean["label"]),
-                                    clean_batch_size=m, meta_grad="layerwise")
+                                    clean_batch_size=m, meta_grad="layerwise",
+                                    algorithm="paper")  # the command line's step
         trainer.compile(optimizer=train.TF1Momentum(0.1, momentum=0.9),
                         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     trainer.fit(noisy["image"], noisy["label"], batch_size=n, epochs=1, shuffle=False,

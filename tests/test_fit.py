@@ -7,7 +7,7 @@ import tensorflow as tf
 
 import l2rw_tf
 from l2rw_tf import reweight, train
-from l2rw_tf.fit import L2RWModel, choose_meta_grad, per_example
+from l2rw_tf.fit import ALGORITHMS, L2RWModel, choose_meta_grad, per_example
 from l2rw_tf.step import StepConfig
 
 
@@ -41,14 +41,17 @@ SCCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
 @pytest.mark.parametrize("meta_grad", ["layerwise", "jvp", "lookahead"])
-def test_fit_takes_the_same_steps_as_the_command_line_loop(meta_grad):
+@pytest.mark.parametrize("algorithm", ["paper", "select"])
+def test_fit_takes_the_same_steps_as_the_command_line_loop(meta_grad, algorithm):
     """Same model, same batches, same optimizer: the parameters after three steps of `fit` equal
-    those of train.make_train_step (the CLI's loop), to float rounding."""
+    those of train.make_train_step (the CLI's loop) with the algorithm's step settings, to float
+    rounding."""
     x, y, cx, cy = tabular(n=60, m=10)
     cli_model, fit_model = mlp(), mlp()
     fit_model.set_weights(cli_model.get_weights())
     step, _, _, _ = train.make_train_step(
-        cli_model, train.TF1Momentum(0.1), StepConfig(method="l2rw", meta_grad=meta_grad),
+        cli_model, train.TF1Momentum(0.1),
+        StepConfig(method="l2rw", meta_grad=meta_grad, **ALGORITHMS[algorithm]),
         tf.random.Generator.from_seed(0))
     # The clean batch is the whole clean set; its order does not change the (mean) gradient.
     clean = {"image": tf.constant(cx), "label": tf.constant(cy)}
@@ -56,7 +59,7 @@ def test_fit_takes_the_same_steps_as_the_command_line_loop(meta_grad):
         rows = slice(20 * k, 20 * (k + 1))
         step({"image": tf.constant(x[rows]), "label": tf.constant(y[rows]),
               "is_noisy": tf.zeros([20], tf.bool), "index": tf.range(20)}, clean)
-    trainer = L2RWModel(fit_model, clean_data=(cx, cy), meta_grad=meta_grad)
+    trainer = L2RWModel(fit_model, clean_data=(cx, cy), meta_grad=meta_grad, algorithm=algorithm)
     trainer.compile(optimizer=train.TF1Momentum(0.1), loss=SCCE)
     trainer.fit(x, y, batch_size=20, epochs=1, shuffle=False, verbose=0)
     for a, b in zip(cli_model.get_weights(), fit_model.get_weights()):

@@ -30,6 +30,9 @@ Variants of the step (the meta-gradient always at ε = 0, clipped at zero and no
   nodrop_meta   the meta passes without dropout (BatchNorm still on batch statistics); the step's
                 own forward pass keeps its dropout.
   infer_meta    the meta passes in inference mode (BatchNorm's moving statistics, no dropout).
+  nodrop_binary, infer_binary: as nodrop_meta, infer_meta, but every example of positive
+                alignment gets the same weight (1 / their number) instead of one proportional to
+                its alignment.
 """
 import argparse
 import contextlib
@@ -45,7 +48,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "examples"))
 
-VARIANTS = ("paper", "plain", "nodrop_meta", "infer_meta")
+VARIANTS = ("paper", "plain", "nodrop_meta", "infer_meta", "nodrop_binary", "infer_binary")
 
 
 def parse(argv=None):
@@ -186,17 +189,25 @@ def main(argv=None):
     def plain_step(x, y, cx, cy):
         return apply(step.weighted_step(model, step.uniform_weights(y), (x, y), loss_fn))
 
-    def meta_variant_step(dropout, training):
+    def binary_weights(alignment):
+        positive = tf.cast(alignment > 0, tf.float32)
+        return positive / tf.maximum(tf.reduce_sum(positive), 1.0)
+
+    def meta_variant_step(dropout, training, binary=False):
+        normalize = binary_weights if binary else reweight.normalize_weights
+
         @tf.function
         def run(x, y, cx, cy):
-            weights = reweight.normalize_weights(
+            weights = normalize(
                 alignments(model, loss_fn, x, y, cx, cy, dropout=dropout, training=training))
             return apply(step.weighted_step(model, weights, (x, y), loss_fn))
         return run
 
     train_step = {"paper": paper_step, "plain": plain_step,
                   "nodrop_meta": meta_variant_step(False, True),
-                  "infer_meta": meta_variant_step(False, False)}[args.variant]
+                  "infer_meta": meta_variant_step(False, False),
+                  "nodrop_binary": meta_variant_step(False, True, binary=True),
+                  "infer_binary": meta_variant_step(False, False, binary=True)}[args.variant]
 
     step_rows, probe_rows, epoch_rows = [], [], []
     rng = np.random.RandomState(args.seed + 1)
@@ -254,7 +265,7 @@ def main(argv=None):
         with open(out / f"{name}.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows({k: f"{v:.5g}" for k, v in row.items()} for row in rows)
     summary = {"args": vars(args), "final": epoch_rows[-1], "runtime": l2rw_tf.runtime(),
                "command": "python results/stability/diagnose.py " + " ".join(sys.argv[1:])}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

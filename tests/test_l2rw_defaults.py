@@ -1,5 +1,5 @@
-"""L2RWModel's default meta passes without dropout (`meta_dropout=False`), and the paper's
-Algorithm 1 (`meta_dropout=True`) one argument away: exact against independent references."""
+"""L2RWModel's defaults (meta passes without dropout, equal weights on the examples of positive
+alignment) and the paper's Algorithm 1 one argument away: exact against independent references."""
 import keras
 import numpy as np
 import pytest
@@ -90,25 +90,87 @@ def test_noise_off_restores_the_rates_even_on_an_error():
     assert [getattr(layer, a) for layer, a in reweight.noise_layers(model)] == [0.25]
 
 
-def fit_weights(meta_dropout, rate=0.5, steps=3):
+def fit_weights(algorithm, rate=0.5, steps=3):
     x, y, cx, cy = data(n=36)
     model = cnn(rate)
-    trainer = L2RWModel(model, clean_data=(cx, cy), meta_dropout=meta_dropout)
+    trainer = L2RWModel(model, clean_data=(cx, cy), algorithm=algorithm)
     trainer.compile(optimizer=keras.optimizers.SGD(0.1), loss=SCCE)
     trainer.fit(x, y, batch_size=12, epochs=1, verbose=0, steps_per_epoch=steps)
     return [w.copy() for w in model.get_weights()], trainer
 
 
-def test_fit_defaults_to_meta_passes_without_dropout_and_takes_the_paper_one_argument_away():
-    default, trainer = fit_weights(meta_dropout=False)
-    assert trainer.meta_dropout is False and L2RWModel(cnn(0.5), None).meta_dropout is False
-    paper, _ = fit_weights(meta_dropout=True)
-    assert max(np.max(np.abs(a - b)) for a, b in zip(default, paper)) > 1e-4
-    assert L2RWModel.from_config(trainer.get_config()).meta_dropout is False
+def test_fit_defaults_to_select_and_takes_the_paper_one_argument_away():
+    """The default ("select") steps as StepConfig(meta_dropout=False, weighting="equal"), and
+    algorithm="paper" as the command line's StepConfig defaults (the paper's Algorithm 1)."""
+    assert L2RWModel(cnn(0.5), None).algorithm == "select"
+    assert StepConfig().meta_dropout and StepConfig().weighting == "proportional"
+    select, trainer = fit_weights("select")
+    paper, _ = fit_weights("paper")
+    assert max(np.max(np.abs(a - b)) for a, b in zip(select, paper)) > 1e-4
+    assert L2RWModel.from_config(trainer.get_config()).algorithm == "select"
+    with pytest.raises(ValueError, match="algorithm"):
+        L2RWModel(cnn(0), None, algorithm="fast")
 
 
-def test_without_noise_layers_both_settings_train_bit_for_bit_alike():
-    default, _ = fit_weights(meta_dropout=False, rate=0)
-    paper, _ = fit_weights(meta_dropout=True, rate=0)
-    for a, b in zip(default, paper):
-        np.testing.assert_array_equal(a, b)
+def test_the_paper_algorithm_in_fit_takes_the_command_line_steps():
+    """algorithm="paper": fit's parameters after three steps equal three steps of the command
+    line's step function (StepConfig's defaults) on the same batches, on a dropout model."""
+    x, y, cx, cy = data(n=36)
+    paper, _ = fit_weights("paper")
+    model = cnn(0.5)
+    optimizer = keras.optimizers.SGD(0.1)
+    trainer = L2RWModel(cnn(0.5), clean_data=(cx, cy), algorithm="paper")
+    # The trainer's batch order and clean batches, read from its own pipeline.
+    noisy = trainer._array_dataset(x, y, None, 12, True, None)[0]
+    clean = trainer.clean_dataset(12)
+    for (bx, by, _, _), (bcx, bcy) in zip(noisy.take(3), clean.take(3)):
+        result = step_gradients(model, StepConfig(), (bx, by), (bcx, bcy),
+                                loss_fn=trainer_loss())
+        optimizer.apply(result.gradients, model.trainable_variables)
+    for a, b in zip(paper, model.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def trainer_loss():
+    from l2rw_tf.fit import per_example
+    return per_example(SCCE)
+
+
+def test_equal_weights_share_the_mass_among_the_positive_alignments():
+    np.testing.assert_allclose(reweight.equal_weights(tf.constant([-1.0, 2.0, 0.0, 3e-9])),
+                               [0, 0.5, 0, 0.5])
+    np.testing.assert_array_equal(reweight.equal_weights(tf.constant([-1.0, 0.0])), [0, 0])
+    assert np.all(np.isnan(reweight.equal_weights(tf.constant([np.nan, 1.0]))))
+    assert np.all(np.isnan(reweight.equal_weights(tf.constant([np.inf, 1.0]))))
+    with pytest.raises(ValueError, match="weighting"):
+        reweight.example_weights(cnn(0), (np.zeros((2, 8, 8, 1)), [0, 1]),
+                                 (np.zeros((2, 8, 8, 1)), [0, 1]), weighting="uniform")
+
+
+def mlp(seed=0):
+    keras.utils.set_random_seed(seed)
+    return keras.Sequential([keras.Input((5,)), keras.layers.Dense(8, activation="tanh"),
+                             keras.layers.Dense(3)])
+
+
+@pytest.mark.parametrize("meta_grad", ["layerwise", "jvp", "lookahead"])
+def test_equal_weighting_steps_on_the_mean_gradient_of_the_kept_examples(meta_grad):
+    """weighting="equal": the weights are 1/P on the P examples of positive alignment (the
+    paper's weights' support), and the step's gradient is plain training's mean gradient over
+    those examples alone, with every meta-gradient method."""
+    rng = np.random.default_rng(1)
+    x, cx = rng.normal(size=(30, 5)).astype(np.float32), rng.normal(size=(10, 5)).astype(
+        np.float32)
+    y, cy = rng.integers(0, 3, 30), rng.integers(0, 3, 10)
+    model = mlp()
+    noisy, clean = (tf.constant(x), tf.constant(y)), (tf.constant(cx), tf.constant(cy))
+    paper = reweight.example_weights(model, noisy, clean, "jvp").numpy()
+    result = step_gradients(model, StepConfig(meta_grad=meta_grad, weighting="equal"),
+                            noisy, clean)
+    kept = paper > 0
+    assert 0 < kept.sum() < len(y)
+    np.testing.assert_allclose(result.example_weights, kept / kept.sum(), atol=1e-7)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(reweight.per_example_loss(y[kept], model(x[kept])))
+    for got, want in zip(result.gradients, tape.gradient(loss, model.trainable_variables)):
+        np.testing.assert_allclose(got, want, atol=1e-6)
