@@ -245,3 +245,58 @@ def test_a_nan_step_is_undone_and_stops_fit_on_jax():
     done = subprocess.run([sys.executable, "-c", NAN_SCRIPT], env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+FINITE_DIFFERENCE_SCRIPT = textwrap.dedent('''
+    import jax
+    jax.config.update("jax_enable_x64", True)
+    import keras
+    keras.config.set_floatx("float64")
+    import jax.numpy as jnp
+    import numpy as np
+    from l2rw_tf import jax_step
+
+    # softplus, not tanh, and no BatchNorm: on XLA's CPU, tanh is approximate (~1e-8) even in
+    # float64, and a BatchNorm model's float64 losses showed rounding of that size too (its op
+    # not traced), which central differences divide by h.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation="softplus"),
+                              keras.layers.Dense(3)])
+    rng = np.random.default_rng(0)
+    x, cx = rng.normal(size=(16, 6)), rng.normal(size=(10, 6))
+    y, cy = rng.integers(0, 3, 16), rng.integers(0, 3, 10)
+    loss_fn = jax_step.per_example(keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    params = [v.value for v in model.trainable_variables]
+
+    def noisy_losses(p):
+        return loss_fn(y, model.stateless_call(p, [], x, training=True)[0])
+
+    def clean_loss(p):
+        return jnp.mean(loss_fn(cy, model.stateless_call(p, [], cx, training=True)[0]))
+
+    # The look-ahead theta - eps_i grad C_i, differentiated in eps_i by central differences.
+    jacobian = jax.jacrev(noisy_losses)(params)
+    h, alignment = 1e-5, []
+    for i in range(len(y)):
+        step = [g[i] for g in jacobian]
+        up = clean_loss([p - h * s for p, s in zip(params, step)])
+        down = clean_loss([p + h * s for p, s in zip(params, step)])
+        alignment.append(-(up - down) / (2 * h))
+    expected = jax_step.normalize_weights(jnp.array(alignment))
+    assert 0 < np.sum(np.asarray(expected) > 0) < len(y)
+    for meta_grad in ("jvp", "lookahead"):
+        weights = jax_step.l2rw_gradients(model, params, [], (x, y, None), (cx, cy), loss_fn,
+                                          meta_grad=meta_grad)[1]
+        assert weights.dtype == jnp.float64
+        np.testing.assert_allclose(weights, expected, rtol=1e-7, atol=1e-10)
+''')
+
+
+def test_jax_weights_equal_finite_differences_of_the_lookahead_in_float64():
+    """On JAX in float64, the jvp and lookahead weights equal those from central differences
+    of the clean loss along each example's look-ahead step."""
+    env = dict(os.environ, KERAS_BACKEND="jax", TF_CPP_MIN_LOG_LEVEL="2",
+               JAX_PLATFORMS="cpu", CUDA_VISIBLE_DEVICES="")
+    done = subprocess.run([sys.executable, "-c", FINITE_DIFFERENCE_SCRIPT], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
