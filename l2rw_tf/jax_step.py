@@ -16,7 +16,7 @@ values, (trainable, non-trainable, optimizer, metrics), and returns them updated
   (`lookahead`).
 * Without `meta_dropout` the meta passes are traced inside `reweight.noise_off` (the same context
   manager the TensorFlow step uses, read when the step is traced).
-* The weights: `WEIGHTINGS`, reweight.py's two weightings in keras.ops, then the gradient of
+* The weights: `reweight.WEIGHTINGS` (written in keras.ops, for both backends), then the gradient of
   Σ w_i C_i + regularisation through the real step's forward pass (from the model's own state:
   BatchNorm statistics and seed states advance as on TensorFlow), and
   `optimizer.stateless_apply`. When the noisy meta pass is the real step's (`jvp` with
@@ -68,7 +68,7 @@ def per_example(loss):
     values_of = loss.call if isinstance(loss, keras.losses.Loss) else loss
 
     def per_example_loss(y_true, y_pred):
-        y_pred = keras.tree.map_structure(at_least_float32, y_pred)
+        y_pred = keras.tree.map_structure(reweight.at_least_float32, y_pred)
         values = ops.convert_to_tensor(values_of(y_true, y_pred))
         if len(values.shape) == 0:
             raise ValueError("the loss returns a scalar; L2RW needs one value per example "
@@ -87,31 +87,6 @@ def clean_pass_values(model, non_trainable):
     offset = np.array([0, reweight.CLEAN_PASS_SEED_OFFSET])
     return [value + ops.convert_to_tensor(offset, value.dtype) if reweight.is_seed_state(v)
             else value for v, value in zip(model.non_trainable_variables, non_trainable)]
-
-
-def at_least_float32(tensor):
-    """`tensor` in float32 if in half precision (reweight.at_least_float32, in keras.ops)."""
-    if keras.backend.standardize_dtype(tensor.dtype) in ("float16", "bfloat16"):
-        return ops.cast(tensor, "float32")
-    return tensor
-
-
-def normalize_weights(raw_weights):
-    """reweight.normalize_weights in keras.ops (one device): max(raw, 0) / (Σ + δ)."""
-    clipped = ops.maximum(at_least_float32(raw_weights), 0.0)
-    total = ops.sum(clipped)
-    return clipped / (total + ops.cast(ops.equal(total, 0.0), total.dtype))
-
-
-def equal_weights(raw_weights):
-    """reweight.equal_weights in keras.ops (one device): 1[raw > 0] / #(raw > 0), NaN kept."""
-    raw = at_least_float32(raw_weights)
-    kept = ops.cast(raw > 0, raw.dtype)
-    count = ops.sum(kept)
-    return ops.where(ops.isnan(raw), raw, kept / ops.maximum(count, 1.0))
-
-
-WEIGHTINGS = {"proportional": normalize_weights, "equal": equal_weights}
 
 
 def _sum(values):
@@ -163,7 +138,7 @@ def l2rw_gradients(model, trainable, non_trainable, noisy, clean, loss_fn, meta_
         direction = jax.grad(clean_meta_loss)(trainable)
         (losses, regularization), linear, (outputs, new_non_trainable) = jax.linearize(
             noisy_objectives, trainable, has_aux=True)
-        weights = jax.lax.stop_gradient(WEIGHTINGS[weighting](linear(direction)[0]))
+        weights = jax.lax.stop_gradient(reweight.WEIGHTINGS[weighting](linear(direction)[0]))
         cast_weights = ops.cast(weights, losses.dtype)
         (grads,) = jax.linear_transpose(linear, trainable)(
             (cast_weights, jnp.ones_like(regularization)))
@@ -180,7 +155,7 @@ def l2rw_gradients(model, trainable, non_trainable, noisy, clean, loss_fn, meta_
         else:  # jvp (and layerwise, the same inner products)
             direction = jax.grad(clean_meta_loss)(trainable)
             _, alignment = jax.jvp(noisy_losses, (trainable,), (direction,))
-    weights = jax.lax.stop_gradient(WEIGHTINGS[weighting](alignment))
+    weights = jax.lax.stop_gradient(reweight.WEIGHTINGS[weighting](alignment))
 
     def objective(params):
         losses, (outputs, new_non_trainable, reg_losses) = noisy_pass(params)

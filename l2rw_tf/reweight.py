@@ -66,9 +66,10 @@ from l2rw_tf.choices import META_GRADIENTS  # noqa: F401 -- jvp, lookahead, laye
 def at_least_float32(tensor):
     """`tensor` in float32 if it is in half precision (float16 / bfloat16: the outputs of a model
     under a mixed policy), else as it is (float32, float64). Losses and the sums of the weights
-    are computed from it, as Keras computes its losses in float32 under a mixed policy."""
-    if tensor.dtype in (tf.float16, tf.bfloat16):
-        return tf.cast(tensor, tf.float32)
+    are computed from it, as Keras computes its losses in float32 under a mixed policy. In
+    keras.ops: the JAX step (jax_step.py) uses it too."""
+    if keras.backend.standardize_dtype(tensor.dtype) in ("float16", "bfloat16"):
+        return keras.ops.cast(tensor, "float32")
     return tensor
 
 
@@ -114,10 +115,10 @@ def times_loss_scale(x, loss_scale):
 def normalize_weights(raw_weights):
     """w = max(raw, 0) / (Σ max(raw, 0) + δ): all-zero weights stay all zero. Summed in at least
     float32, whatever the alignments were computed in. Under a strategy, Σ is the global batch's
-    (an all-reduce of one float, distribute.py)."""
-    clipped = tf.maximum(at_least_float32(raw_weights), 0.0)
-    total = distribute.replica_sum(tf.reduce_sum(clipped))
-    return clipped / (total + tf.cast(tf.equal(total, 0.0), total.dtype))
+    (an all-reduce of one float, distribute.py). In keras.ops, for every backend (jax_step.py)."""
+    clipped = keras.ops.maximum(at_least_float32(raw_weights), 0.0)
+    total = distribute.replica_sum(keras.ops.sum(clipped))
+    return clipped / (total + keras.ops.cast(keras.ops.equal(total, 0.0), total.dtype))
 
 
 def equal_weights(raw_weights):
@@ -129,14 +130,16 @@ def equal_weights(raw_weights):
     outer products, which leans on the few examples of largest gradient.) A non-finite alignment
     (float16 overflowed in the meta pass) makes every weight NaN, as it makes the proportional
     ones (∞/∞), so that a LossScaleOptimizer skips the step. Under a strategy the count (and the
-    check) is the global batch's: one all-reduce of two floats."""
+    check) is the global batch's: one all-reduce of two floats. In keras.ops, for every backend
+    (jax_step.py)."""
+    ops = keras.ops
     raw = at_least_float32(raw_weights)
-    kept = tf.cast(raw > 0, raw.dtype)
-    non_finite = tf.cast(tf.logical_not(tf.math.is_finite(raw)), raw.dtype)
-    count, non_finite = tf.unstack(distribute.replica_sum(
-        tf.stack([tf.reduce_sum(kept), tf.reduce_sum(non_finite)])))
-    weights = kept / tf.maximum(count, 1.0)
-    return tf.where(non_finite > 0, tf.fill(tf.shape(weights), float("nan")), weights)
+    kept = ops.cast(raw > 0, raw.dtype)
+    non_finite = ops.cast(ops.logical_not(ops.isfinite(raw)), raw.dtype)
+    count, non_finite = ops.unstack(distribute.replica_sum(
+        ops.stack([ops.sum(kept), ops.sum(non_finite)])))
+    weights = kept / ops.maximum(count, 1.0)
+    return ops.where(non_finite > 0, ops.full_like(weights, float("nan")), weights)
 
 
 # How the clipped alignments become weights, by name (`StepConfig.weighting`): the paper's

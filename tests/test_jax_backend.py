@@ -254,7 +254,7 @@ FINITE_DIFFERENCE_SCRIPT = textwrap.dedent('''
     keras.config.set_floatx("float64")
     import jax.numpy as jnp
     import numpy as np
-    from l2rw_tf import jax_step
+    from l2rw_tf import jax_step, reweight
 
     # softplus, not tanh, and no BatchNorm: on XLA's CPU, tanh is approximate (~1e-8) even in
     # float64, and a BatchNorm model's float64 losses showed rounding of that size too (its op
@@ -282,7 +282,7 @@ FINITE_DIFFERENCE_SCRIPT = textwrap.dedent('''
         up = clean_loss([p - h * s for p, s in zip(params, step)])
         down = clean_loss([p + h * s for p, s in zip(params, step)])
         alignment.append(-(up - down) / (2 * h))
-    expected = jax_step.normalize_weights(jnp.array(alignment))
+    expected = reweight.normalize_weights(jnp.array(alignment))
     assert 0 < np.sum(np.asarray(expected) > 0) < len(y)
     for meta_grad in ("jvp", "lookahead"):
         weights = jax_step.l2rw_gradients(model, params, [], (x, y, None), (cx, cy), loss_fn,
