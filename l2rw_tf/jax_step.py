@@ -16,7 +16,7 @@ values, (trainable, non-trainable, optimizer, metrics), and returns them updated
   (`lookahead`).
 * Without `meta_dropout` the meta passes are traced inside `reweight.noise_off` (the same context
   manager the TensorFlow step uses, read when the step is traced).
-* The weights: `reweight.WEIGHTINGS` (written in keras.ops, for both backends), then the gradient of
+* The weights: `reweight.WEIGHTINGS` (in keras.ops, for both backends), then the gradient of
   Σ w_i C_i + regularisation through the real step's forward pass (from the model's own state:
   BatchNorm statistics and seed states advance as on TensorFlow), and
   `optimizer.stateless_apply`. When the noisy meta pass is the real step's (`jvp` with
@@ -33,6 +33,7 @@ its number handed to the host (`jax.debug.callback`) for fit's StopOnNonFinite t
 Not on JAX yet: a LossScaleOptimizer (mixed_float16, refused) and `keras.distribution` (one
 device).
 """
+import contextlib
 import functools
 
 import jax
@@ -144,7 +145,7 @@ def l2rw_gradients(model, trainable, non_trainable, noisy, clean, loss_fn, meta_
             (cast_weights, jnp.ones_like(regularization)))
         loss = jnp.sum(cast_weights * losses) + regularization
         return grads, weights, losses, loss, new_non_trainable, outputs
-    with reweight.noise_off(model) if silent else _nothing():
+    with reweight.noise_off(model) if silent else contextlib.nullcontext():
         if meta_grad == "lookahead":
             def lookahead_loss(eps):
                 step = jax.grad(lambda p: jnp.sum(eps * noisy_losses(p)))(trainable)
@@ -169,22 +170,11 @@ def l2rw_gradients(model, trainable, non_trainable, noisy, clean, loss_fn, meta_
     return grads, weights, losses, loss, new_non_trainable, outputs
 
 
-class _nothing:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-
 def step_fields(trainer):
     """{meta_dropout, weighting} of `trainer`'s step, as its TensorFlow train_step sets them in
-    its StepConfig: from its `algorithm` (fit.ALGORITHMS), or from its own fields."""
-    if hasattr(trainer, "algorithm"):
-        from l2rw_tf.fit import ALGORITHMS
-        return dict(ALGORITHMS[trainer.algorithm])
-    return {"meta_dropout": trainer.meta_dropout,
-            "weighting": getattr(trainer, "weighting", "proportional")}
+    its StepConfig: those of its `algorithm` (fit.ALGORITHMS)."""
+    from l2rw_tf.fit import ALGORITHMS  # fit imports this module
+    return dict(ALGORITHMS[trainer.algorithm])
 
 
 def _positions(variables, subset):

@@ -4,9 +4,11 @@ Each backend runs in a subprocess of its own (a process has one Keras backend): 
 initial weights and batches are fitted for 4 steps under both, and the example weights of every
 step (through `example_weights()`, each example seen once: its weight times n) and the variables
 after the steps are compared. Dropout draws its masks from a portable hash of the seed-generator
-state (`PORTABLE_DROPOUT`, the same on both backends, whose own generators differ), so the
-comparison also checks that the JAX step moves and advances the seed states as the TensorFlow
-step does (the clean pass's masks its own, the real pass's those of the noisy meta pass).
+state (`portable_dropout` in SCRIPT, the same on both backends, whose own generators differ), so
+the comparison also checks that the JAX step moves and advances the seed states as the
+TensorFlow step does (the clean pass's masks its own, the real pass's those of the noisy meta
+pass). Then, on JAX alone: an exact BackupAndRestore resume, stop_on_nan, and the weights against
+central differences of the look-ahead in float64.
 """
 import importlib.util
 import json
@@ -21,10 +23,10 @@ import pytest
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
                                 reason="jax is not installed (pip install -e '.[jax]')")
 
-# name: (model, algorithm, meta_grad on JAX; the MLPs with sample weights). On TensorFlow meta_grad is "auto" (layerwise for
-# the MLP, jvp for the CNN): every method gives the same weights. The algorithms: "paper"
-# (dropout in the meta passes, proportional weights), "select" (meta passes without dropout,
-# equal weights on the examples of positive alignment).
+# name: (model, algorithm, meta_grad on JAX; the MLPs fit with sample weights). On TensorFlow
+# meta_grad is "auto" (layerwise for the MLPs, jvp for the others): every method gives the same
+# weights. The algorithms: "paper" (dropout in the meta passes, proportional weights), "select"
+# (meta passes without dropout, equal weights on the examples of positive alignment).
 CASES = {
     "mlp_l2_paper": ("mlp_l2", "paper", "auto"),
     "mlp_l2_select_lookahead": ("mlp_l2", "select", "lookahead"),
@@ -34,7 +36,7 @@ CASES = {
 }
 
 SCRIPT = textwrap.dedent('''
-    import inspect, json, sys
+    import json, sys
     import numpy as np
     import keras
     from keras import ops
@@ -96,20 +98,14 @@ SCRIPT = textwrap.dedent('''
         classes = 2 if kind.startswith("mlp") else 3
         return x, rng.integers(0, classes, 80), cx, rng.integers(0, classes, 12)
 
-    # The algorithm as the constructor takes it (`algorithm`, or its two fields).
-    FIELDS = {"select": {"meta_dropout": False, "weighting": "equal"},
-              "paper": {"meta_dropout": True, "weighting": "proportional"}}
-    accepted = inspect.signature(l2rw_tf.L2RWModel).parameters
     out = {}
     for name, (kind, algorithm, jax_meta_grad) in json.loads(sys.argv[2]).items():
-        kwargs = {"algorithm": algorithm} if "algorithm" in accepted else {
-            k: v for k, v in FIELDS[algorithm].items() if k in accepted}
         model = build(kind)
         set_initial(model)
         x, y, cx, cy = data(kind)
         meta_grad = jax_meta_grad if keras.backend.backend() == "jax" else "auto"
         trainer = l2rw_tf.L2RWModel(model, clean_data=(cx, cy), clean_batch_size=12,
-                                    meta_grad=meta_grad, **kwargs)
+                                    meta_grad=meta_grad, algorithm=algorithm)
         trainer.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
                         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         # Sample weights on the MLPs (0 leaves an example out, the others scale its loss).
