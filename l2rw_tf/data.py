@@ -167,7 +167,9 @@ def _prepared_builder(name, data_dir):
                         f"--data_dir or TFDS_DATA_DIR at a tfds data directory (it holds "
                         f"<dataset>/<version>/ folders)")
     try:
-        with _absl_warnings_quiet():  # "Variant folder ... has no dataset_info.json": not prepared
+        # absl's (tfds') warning "Variant folder ... has no dataset_info.json": a missing
+        # dataset is this module's own one-line error.
+        with logger_quiet("absl"):
             builder = tfds.builder(name, data_dir=data_dir)
             prepared = builder.is_prepared()
     except ImportError as e:
@@ -211,10 +213,9 @@ def _prepared_builder(name, data_dir):
 
 
 @contextlib.contextmanager
-def _absl_warnings_quiet():
-    """Within the block, absl's (tfds') warnings are not printed: a missing dataset is this
-    module's own one-line error."""
-    logger = logging.getLogger("absl")
+def logger_quiet(name):
+    """Within the block, the Python logger `name`'s warnings are not printed (errors are)."""
+    logger = logging.getLogger(name)
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:

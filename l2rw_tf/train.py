@@ -10,7 +10,6 @@ import contextlib
 import csv
 import glob
 import json
-import logging
 import os
 import re
 import shutil
@@ -23,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from l2rw_tf import choices, distribute, precision, reweight
+from l2rw_tf import choices, data, distribute, precision, reweight
 from l2rw_tf.step import step_gradients
 
 METHODS, TASK_METHODS = choices.METHODS, choices.TASK_METHODS
@@ -472,7 +471,7 @@ def recover_checkpoint_index(ckpt_dir, log):
         problem = "is missing"
     else:
         try:
-            with tf_warnings_quiet():  # TF warns of a parse error, then ignores the file
+            with data.logger_quiet("tensorflow"):  # TF warns of a parse error, then ignores the file
                 state = tf.train.get_checkpoint_state(ckpt_dir)
         except Exception:  # noqa: BLE001 -- an unreadable file: OS or decoding errors
             state = None
@@ -485,24 +484,12 @@ def recover_checkpoint_index(ckpt_dir, log):
     # The manager takes over (and later deletes) only checkpoints newer than the index's last
     # preserved time: their files' times, and a time before them.
     times = [os.path.getmtime(os.path.join(ckpt_dir, name + ".index")) for name in names]
-    with tf_warnings_quiet():  # the function is deprecated (for the manager's own use)
+    with data.logger_quiet("tensorflow"):  # the function is deprecated (for the manager's own use)
         tf.compat.v1.train.update_checkpoint_state(
             ckpt_dir, names[-1], all_model_checkpoint_paths=names,
             all_model_checkpoint_timestamps=times, last_preserved_timestamp=min(times) - 1.0)
     log(f"the checkpoint index {index} {problem}" + (f" (kept as {aside})" if aside else "")
         + f"; rebuilt from the checkpoints in {ckpt_dir} ({', '.join(names)})")
-
-
-@contextlib.contextmanager
-def tf_warnings_quiet():
-    """Within the block, TensorFlow's Python warnings are not printed."""
-    logger = logging.getLogger("tensorflow")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def set_aside(path):
