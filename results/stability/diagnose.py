@@ -58,7 +58,6 @@ def parse(argv=None):
     p.add_argument("--noise", choices=("uniform", "background"), default="uniform")
     p.add_argument("--ratio", type=float, default=0.4)
     p.add_argument("--dropout", type=float, default=0.3)
-    p.add_argument("--no_bn", action="store_true", help="the model without BatchNorm")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--num_train", type=int, default=10000)
@@ -66,22 +65,6 @@ def parse(argv=None):
     p.add_argument("--probe_every", type=int, default=25)
     p.add_argument("--out", required=True)
     return p.parse_args(argv)
-
-
-@contextlib.contextmanager
-def dropout_off(model, off=True):
-    """Every Dropout layer of `model` at rate 0 while inside (read when a call is traced)."""
-    import keras
-    layers = [layer for layer in model._flatten_layers()  # noqa: SLF001
-              if isinstance(layer, keras.layers.Dropout)] if off else []
-    rates = [layer.rate for layer in layers]
-    for layer in layers:
-        layer.rate = 0.0
-    try:
-        yield
-    finally:
-        for layer, rate in zip(layers, rates):
-            layer.rate = rate
 
 
 def alignments(model, loss_fn, x, y, clean_x, clean_y, seed_shift=0, dropout=True,
@@ -98,7 +81,7 @@ def alignments(model, loss_fn, x, y, clean_x, clean_y, seed_shift=0, dropout=Tru
         return [v.value + tf.constant([0, offset], v.value.dtype) if reweight.is_seed_state(v)
                 else v.value for v in model.non_trainable_variables]
 
-    with dropout_off(model, not dropout):
+    with (contextlib.nullcontext() if dropout else reweight.noise_off(model)):
         with tf.GradientTape() as tape:
             tape.watch(params)
             logits, _ = model.stateless_call(params, state(True), clean_x, training=training)
@@ -129,11 +112,11 @@ def main(argv=None):
 
     import l2rw_tf  # noqa: F401  (TensorFlow's CPU options)
     import harness
+    import mnist_cnn
     import keras
     import numpy as np
     import tensorflow as tf
     import tensorflow_datasets as tfds
-    from keras import layers
     from l2rw_tf import fit, reweight, step
 
     builder = tfds.builder("mnist")
@@ -151,25 +134,8 @@ def main(argv=None):
     steps_per_epoch = math.ceil(n / batch)
     steps = steps_per_epoch * args.epochs
 
-    def build():
-        inputs = keras.Input((28, 28, 1))
-        h = inputs
-        for filters in (16, 32):
-            h = layers.Conv2D(filters, 3, padding="same", use_bias=args.no_bn)(h)
-            if not args.no_bn:
-                h = layers.BatchNormalization()(h)
-            h = layers.ReLU()(h)
-            h = layers.MaxPooling2D()(h)
-        h = layers.Flatten()(h)
-        if args.dropout:
-            h = layers.Dropout(args.dropout)(h)
-        h = layers.Dense(64, activation="relu")(h)
-        if args.dropout:
-            h = layers.Dropout(args.dropout)(h)
-        return keras.Model(inputs, layers.Dense(10)(h), name="cnn")
-
     keras.utils.set_random_seed(args.seed)
-    model = build()
+    model = mnist_cnn.build_model(args, None)  # examples/mnist_cnn.py's CNN
     lr = keras.optimizers.schedules.PiecewiseConstantDecay(
         [steps // 2, (3 * steps) // 4], [args.lr, args.lr / 10, args.lr / 100])
     optimizer = keras.optimizers.SGD(lr, momentum=0.9)

@@ -39,7 +39,7 @@ def runs(noise="uniform"):
     for summary in sorted(RUNS.glob("*/summary.json")):
         meta = json.loads(summary.read_text())
         args = meta["args"]
-        if args.get("noise", "uniform") != noise or args.get("no_bn") or args.get(
+        if args.get("noise", "uniform") != noise or args.get(
                 "dropout", 0.3) != 0.3:
             continue
         found[(args["variant"], args["seed"])] = {
