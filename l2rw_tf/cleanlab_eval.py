@@ -4,8 +4,10 @@
     python -m l2rw_tf.cleanlab_eval --l2rw_run=runs/mnist_background/l2rw_seed0 \\
         --baseline_run=runs/mnist_background/baseline_seed0 --out=results/label_issues/mnist_background
 
-The L2RW ranking is the run's own (`example_weights.csv`, ranked by `ranking.rank_examples`:
-mean weight, then the final model's probability of the given label). cleanlab gets what its
+The L2RW ranking is the run's own (`example_weights.csv`, ranked by `ranking.ranking_key`, the
+one pipeline of `label_issues` and plots.py: by default the combined log-odds of the final
+model's probability of the given label and the weights' aligned fraction; beside it the mean
+weight first, the ranking before issue 23, and the probability alone). cleanlab gets what its
 documentation asks for: out-of-sample predicted probabilities from K-fold cross-validation
 (stratified by the given label, as `cleanlab.count.estimate_cv_predicted_probabilities`) of the
 same model trained the same way — the run's flags with `--method=baseline` (uniform weights, the
@@ -244,6 +246,20 @@ def flagged_set(mask, is_noisy):
             "recall": hits / int(is_noisy.sum())}
 
 
+def l2rw_rankings(l2rw):
+    """The L2RW run's rankings, as {name: key columns}: ranking.py's default order (the one
+    `label_issues` and plots.py use), its weight-first order of before issue 23, and the final
+    model's probability of the given label alone."""
+    def key(order):
+        return [column for _, column in ranking.ranking_key(l2rw, order)]
+
+    return {
+        "L2RW default (evidence: label probability + aligned fraction)": key(None),
+        "L2RW weight first (mean weight, then its model's label probability)": key("weight"),
+        "L2RW model's label probability alone (in-sample)": [l2rw[ranking.SECONDARY_SCORE]],
+    }
+
+
 def evaluate(log=print):
     """The comparison of the flags (see the module docstring); returns the summary dict."""
     need_cleanlab()
@@ -279,9 +295,7 @@ def evaluate(log=print):
     cv_accuracy = float(np.mean(np.argmax(probabilities, axis=1) == labels))
 
     rankings = {
-        "L2RW (mean weight, then its model's label probability)":
-            [l2rw["mean_weight"], l2rw[ranking.SECONDARY_SCORE], -l2rw["zero_fraction"]],
-        "L2RW model's label probability alone (in-sample)": [l2rw[ranking.SECONDARY_SCORE]],
+        **l2rw_rankings(l2rw),
         f"cleanlab self-confidence ({FLAGS.folds}-fold out-of-sample)": [quality],
     }
     if baseline is not None:
@@ -293,6 +307,8 @@ def evaluate(log=print):
         scored[name], noisy_ranked, groups = score_ranking(key, is_noisy, ks)
         curves[name] = [ranking.precision_at(noisy_ranked, k, groups) for k in curve_ks]
     sets = {"cleanlab find_label_issues (prune_by_noise_rate)": flagged_set(issues, is_noisy),
+            "L2RW default flagged (evidence below 0)":
+                flagged_set(ranking.flagged(l2rw), is_noisy),
             "L2RW mean weight exactly 0": flagged_set(l2rw["mean_weight"] == 0, is_noisy)}
 
     fold_train = sum(r["train_seconds"] for r in folds)

@@ -18,18 +18,20 @@ markdown table into `--out`:
 * `results_table.md` / `.csv`: final test accuracy, mean ± 95% CI over seeds, per setting and
   method, next to the paper's number (reference.md §4).
 
-The mislabelled ranking sorts by a key of the example's own scores: lowest mean weight, then
-lowest `label_probability` (the final model's probability of the given label, in
-example_weights.csv of runs that recorded it), then most often at weight zero. Never by index:
+The mislabelled ranking is ranking.py's (`ranking_key`, one pipeline with `label_issues`): by
+default the combined log-odds that the given label is right, from `label_probability` (the final
+model's probability of the given label, in example_weights.csv of runs that recorded it) and the
+fraction of steps the example's weight was above 0, then the mean weight, then most often at
+weight zero; runs without the probability fall back to the mean weight first. Never by index:
 the noise corrupts a contiguous block of indices, and L2RW gives tens of thousands of examples
 mean weight exactly 0, so an index tie-break would decide the precision. Examples equal in the
 whole key are one tie group; precision@k and recall@k are the expectation over a random order
 of each group (the examples before the group at rank k count fully, the group its corrupted
 fraction times its slots up to k), so a ranking whose scores say nothing scores chance, the
 corrupted fraction. The JSON also gives the chance level, the group at mean weight exactly 0
-(size, corrupted fraction), whether the secondary score was there, and the ties across each k;
-the CSV gives each row's tie group as a rank range (rows within a group in a seeded random
-order).
+(size, corrupted fraction), the flagged set (`ranking.flagged`: size, precision, recall),
+whether the secondary score was there, and the ties across each k; the CSV gives each row's tie
+group as a rank range (rows within a group in a seeded random order) and whether it is flagged.
 
 Figures find their runs by experiment: run_experiments.sh writes each run to
 `RUNS/<experiment>/<run>/` (the experiment names are below). The table takes every finished run
@@ -52,8 +54,8 @@ import numpy as np  # noqa: E402
 
 # The tie-honest ranking (numpy only), shared with l2rw_tf.label_issues.
 from l2rw_tf.ranking import (  # noqa: E402,F401
-    SECONDARY_SCORE, expected_hits, has_secondary_score, precision_at, rank_by_weight,
-    ranking_key, tie_across, tie_groups)
+    SECONDARY_SCORE, expected_hits, flagged, has_secondary_score, precision_at, rank_by_weight,
+    ranking_key, resolve_order, tie_across, tie_groups)
 
 # The experiments of run_experiments.sh: RUNS/<experiment>/<run>/.
 IMBALANCE_EXPERIMENT = "mnist_imbalance"
@@ -434,20 +436,23 @@ def weight_histogram(run_dir, out_path, bins=40):
     return rows
 
 
-def export_mislabelled(run_dir, out_dir, top_k=None):
+def export_mislabelled(run_dir, out_dir, top_k=None, order=None):
     """Ranks the training examples of a finished run, likeliest mislabelled first
-    (`rank_by_weight`): writes `ranked_examples.csv` (the first `top_k`, all if None) and
+    (`rank_by_weight` with ranking.py's `order`, default "evidence"): writes `ranked_examples.csv` (the first `top_k`, all if None) and
     `mislabel_precision.json`, the precision and recall of the ranking against the known
     corruption at k = 100, 500, 1000 and the number of corrupted examples. Ties are counted as
     if ordered at random (`expected_hits`), so a ranking whose scores say nothing scores chance
     (the corrupted fraction). Returns that summary."""
     columns, num_examples = read_example_weights(run_dir)
-    order = rank_by_weight(columns)
-    ranked = {k: v[order] for k, v in columns.items()}
-    key = ranking_key(ranked)
+    order = resolve_order(columns, order)
+    columns["flagged"] = flagged(columns, order)
+    permutation = rank_by_weight(columns, order=order)
+    ranked = {k: v[permutation] for k, v in columns.items()}
+    key = ranking_key(ranked, order)
     groups = tie_groups([column for _, column in key])
     is_noisy = ranked["is_noisy"] > 0
-    num_ranked, num_corrupted = len(order), int(is_noisy.sum())
+    num_ranked, num_corrupted = len(permutation), int(is_noisy.sum())
+    marked = ranked["flagged"].astype(bool)
     ks = [k for k in dict.fromkeys((100, 500, 1000, num_corrupted)) if 0 < k <= num_ranked]
     hits = {k: expected_hits(is_noisy, k, groups) for k in ks}
     zero = ranked["mean_weight"] == 0
@@ -460,11 +465,21 @@ def export_mislabelled(run_dir, out_dir, top_k=None):
         "num_corrupted": num_corrupted,
         "corrupted_fraction": num_corrupted / num_ranked if num_ranked else None,
         "chance_precision": num_corrupted / num_ranked if num_ranked else None,
+        "order": order,
         "ranking_key": [name for name, _ in key],
+        "flagged": {
+            "rule": {"evidence": "combined log-odds below 0",
+                     "probability": "label probability below 0.5",
+                     "weight": "mean weight exactly 0"}[order],
+            "size": int(marked.sum()), "num_corrupted": int((marked & is_noisy).sum()),
+            "precision": float((marked & is_noisy).sum() / marked.sum()) if marked.any()
+            else None,
+            "recall": float((marked & is_noisy).sum() / num_corrupted) if num_corrupted
+            else None},
         "secondary_score": SECONDARY_SCORE if has_score else None,
         "secondary_score_note": (
-            "ties in mean weight broken by the final model's probability of the given label "
-            "(lowest first)" if has_score else
+            f"the final model's probability of the given label is in the key (order {order})"
+            if has_score else
             "example_weights.csv has no label_probability column (a run written before it "
             "existed) or no value in it: no secondary score, ties in mean weight are broken by "
             "the zero fraction only, and count at random order"),
@@ -489,12 +504,13 @@ def export_mislabelled(run_dir, out_dir, top_k=None):
     first = np.searchsorted(groups, groups, side="left") + 1
     last = np.searchsorted(groups, groups, side="right")
     fields = ["rank", "index", "label", "is_noisy", "mean_weight", SECONDARY_SCORE,
-              "zero_fraction", "tie_first_rank", "tie_last_rank"]
+              "zero_fraction", "flagged", "tie_first_rank", "tie_last_rank"]
     write_rows(os.path.join(out_dir, "ranked_examples.csv"),
                [{"rank": i + 1, "index": int(ranked["index"][i]), "label": int(ranked["label"][i]),
                  "is_noisy": int(is_noisy[i]), "mean_weight": float(ranked["mean_weight"][i]),
                  SECONDARY_SCORE: float(ranked[SECONDARY_SCORE][i]) if has_score else "",
                  "zero_fraction": float(ranked["zero_fraction"][i]),
+                 "flagged": int(marked[i]),
                  "tie_first_rank": int(first[i]), "tie_last_rank": int(last[i])}
                 for i in range(keep)], fieldnames=fields)
     with open(os.path.join(out_dir, "mislabel_precision.json"), "w") as f:

@@ -4,14 +4,19 @@
     ranked["position"][:20]                             # the 20 likeliest mislabelled examples
     l2rw_tf.contact_sheet(x, ranked, "suspects.png")    # the top 64 of them, for image data
 
-The ranking sorts by a key of each example's own scores (`ranking_key`): lowest mean L2RW weight
-first, then lowest `label_probability` (the trained model's probability of the given label), then
-most often at weight zero. Never by the example's index or position: label noise often corrupts
-a contiguous block of indices (noise.corrupt_labels does), and L2RW gives many examples a mean
-weight of exactly 0, so an index tie-break would decide the precision. Examples equal in the
-whole key are one tie group, put in a seeded random order; the precision and recall of a ranking
-are expectations over a random order within each group (`expected_hits`), so a ranking whose
-scores say nothing scores chance, the corrupted fraction.
+The ranking sorts by a key of each example's own scores (`ranking_key`). By default ("evidence",
+issue 23) by the combined log-odds that the given label is right: the trained model's
+probability of the given label (`label_probability`) and L2RW's verdicts during training (the
+fraction of steps the example's weight was above 0, by Laplace's rule) added as independent
+evidence, then the mean weight; `flagged` marks the examples whose combined odds are below 1
+(results/label_issues/README.md has the comparison). order="weight" is the ranking before it:
+lowest mean weight first, then lowest label probability, then most often at weight zero. Never
+by the example's index or position: label noise often corrupts a contiguous block of indices
+(noise.corrupt_labels does), and L2RW gives many examples a mean weight of exactly 0, so an index
+tie-break would decide the precision. Examples equal in the whole key are one tie group, put in
+a seeded random order; the precision and recall of a ranking are expectations over a random
+order within each group (`expected_hits`), so a ranking whose scores say nothing scores chance,
+the corrupted fraction.
 
 plots.py uses these functions for the runs of the command line (example_weights.csv);
 `label_issues` ranks the examples of a Keras `fit` (fit.L2RWModel). Numpy only at import time:
@@ -27,6 +32,10 @@ import numpy as np
 # The optional secondary score: the final model's probability of each example's given label.
 SECONDARY_SCORE = "label_probability"
 
+# The orders of the ranking (`ranking_key`); "evidence" is the default.
+ORDERS = ("evidence", "weight", "probability")
+DEFAULT_ORDER = "evidence"
+
 
 def has_secondary_score(columns):
     """Whether the run recorded the final model's probability of the given labels (a column
@@ -34,28 +43,103 @@ def has_secondary_score(columns):
     return SECONDARY_SCORE in columns and bool(np.isfinite(columns[SECONDARY_SCORE]).any())
 
 
-def ranking_key(columns):
+def _logit(q):
+    """log(q / (1 - q)), -inf at 0 and +inf at 1 (no warnings); nan stays nan."""
+    q = np.asarray(q, np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.log(q) - np.log1p(-q)
+
+
+def aligned_fraction(columns):
+    """L2RW's own estimate of the probability that an example's label is right: the fraction of
+    the steps it was in a batch at which its gradient agreed with the clean one (weight above
+    0), by Laplace's rule of succession, (aligned + 1) / (seen + 2). So an example seen twice,
+    never aligned, gets 1/4, one seen 50 times, never aligned, 1/52: the weights speak as
+    strongly as the number of times they were measured allows. nan for an example never seen."""
+    seen = np.asarray(columns["times_seen"], np.float64)
+    zero = np.asarray(columns["zero_fraction"], np.float64)
+    aligned = np.round(seen * (1.0 - zero))
+    with np.errstate(invalid="ignore"):
+        fraction = (aligned + 1.0) / (seen + 2.0)
+    return np.where(seen > 0, fraction, np.nan)
+
+
+def evidence_score(columns):
+    """The combined log-odds that the given label is right (lowest = likeliest mislabelled):
+    logit(label_probability) + logit(`aligned_fraction`). Two estimates of the same probability
+    from two sources, the final model's belief and the weights' verdicts during training, added
+    as independent evidence (naive Bayes, flat prior): whichever is the more decided one leads,
+    so a confident model (probabilities near 0 or 1) decides where it is confident and the
+    weights decide where it is not, and the weights' say grows with how often each example was
+    weighted. Below 0: the two together say the label is more likely wrong than right (the
+    `flagged` cut). nan (ranked last) where either is missing."""
+    score = _logit(columns[SECONDARY_SCORE]) + _logit(aligned_fraction(columns))
+    missing = ~np.isfinite(np.asarray(columns["mean_weight"], np.float64))
+    return np.where(missing, np.nan, score)
+
+
+def resolve_order(columns, order=None):
+    """The order actually used: `order` (default DEFAULT_ORDER), except that "evidence" needs
+    the label probability and times_seen (a run written before they existed falls back to
+    "weight")."""
+    order = DEFAULT_ORDER if order is None else order
+    if order not in ORDERS:
+        raise ValueError(f"order={order!r}: choose one of {', '.join(ORDERS)}")
+    if order in ("evidence", "probability") and not has_secondary_score(columns):
+        return "weight"
+    if order == "evidence" and "times_seen" not in columns:
+        return "weight"
+    return order
+
+
+def ranking_key(columns, order=None):
     """The scores the mislabelled ranking sorts by, ascending, most important first, as
-    [(name, column)]: the mean weight (L2RW's verdict), then the final model's probability of
-    the given label when the run recorded it (the model doubts the label), then how often the
-    example was at weight zero (negated: most often first). Only scores of the example itself:
-    its index is never one, since the index says nothing about an example's label but the noise
-    corrupts a contiguous block of indices (noise.corrupt_labels), so an index tie-break turns a
-    tie into a fake precision of 1 or 0. Examples equal in every score are one tie group."""
-    key = [("mean_weight", columns["mean_weight"])]
+    [(name, column)]. Only scores of the example itself: its index is never one, since the index
+    says nothing about an example's label but the noise corrupts a contiguous block of indices
+    (noise.corrupt_labels), so an index tie-break turns a tie into a fake precision of 1 or 0.
+    Examples equal in every score are one tie group.
+
+    order "evidence" (default, issue 23): `evidence_score` (the model's probability of the given
+    label and the weights' aligned fraction, as added log-odds), then the mean weight, then the
+    zero fraction (negated: most often first). "weight" (the ranking before issue 23): the mean
+    weight (L2RW's verdict), then the label probability when the run recorded it, then the zero
+    fraction. "probability": the label probability alone, then the mean weight. Without a
+    label probability (old runs) every order is "weight" (`resolve_order`)."""
+    order = resolve_order(columns, order)
+    weight = ("mean_weight", columns["mean_weight"])
+    zeros = ("-zero_fraction", -columns["zero_fraction"])
+    if order == "evidence":
+        return [("evidence", evidence_score(columns)), weight, zeros]
+    if order == "probability":
+        return [(SECONDARY_SCORE, columns[SECONDARY_SCORE]), weight, zeros]
+    key = [weight]
     if has_secondary_score(columns):
         key.append((SECONDARY_SCORE, columns[SECONDARY_SCORE]))
-    key.append(("-zero_fraction", -columns["zero_fraction"]))
+    key.append(zeros)
     return key
 
 
-def rank_by_weight(columns, seed=0):
-    """Order of the examples, likeliest mislabelled first: ascending `ranking_key` (lowest mean
-    weight, then lowest probability of the given label, then most often at zero). Examples
-    tied in the whole key are put in a random order (fixed `seed`, so the files are
-    reproducible), never by index; the reported precision does not depend on that order
-    (`expected_hits`). Missing (nan) scores sort last within their key."""
-    return rank_by([column for _, column in ranking_key(columns)], seed)
+def flagged(columns, order=None):
+    """cleanlab's boolean convention beside the ranking: which examples the order itself calls
+    mislabelled, with a cut that needs no parameter. "evidence": combined log-odds below 0 (the
+    label more likely wrong than right); "probability": the model gives the label less than 1/2;
+    "weight": mean weight exactly 0 (never once aligned with the clean gradient)."""
+    order = resolve_order(columns, order)
+    with np.errstate(invalid="ignore"):
+        if order == "evidence":
+            return evidence_score(columns) < 0
+        if order == "probability":
+            return np.asarray(columns[SECONDARY_SCORE], np.float64) < 0.5
+        return np.asarray(columns["mean_weight"], np.float64) == 0
+
+
+def rank_by_weight(columns, seed=0, order=None):
+    """Order of the examples, likeliest mislabelled first: ascending `ranking_key` (`order`,
+    default "evidence"; "weight": lowest mean weight, then lowest probability of the given label,
+    then most often at zero). Examples tied in the whole key are put in a random order (fixed
+    `seed`, so the files are reproducible), never by index; the reported precision does not
+    depend on that order (`expected_hits`). Missing (nan) scores sort last within their key."""
+    return rank_by([column for _, column in ranking_key(columns, order)], seed)
 
 
 def rank_by(key, seed=0):
@@ -109,23 +193,42 @@ def tie_across(groups, k):
             int(np.searchsorted(groups, groups[k], side="right")))
 
 
-def rank_examples(columns, seed=0):
+def rank_examples(columns, seed=0, order=None):
     """`columns` (equal-length numpy columns with at least "mean_weight" and "zero_fraction",
-    optionally "label_probability", any others carried along) in rank order, likeliest
-    mislabelled first (`rank_by_weight`), plus "rank" (1-based), "tie_group" (0, 1, ... in rank
-    order: the examples equal in the whole `ranking_key`) and "tie_first_rank" /
-    "tie_last_rank" (the ranks the example's tie group spans; its order within them is random)."""
+    optionally "label_probability" and "times_seen", any others carried along) in rank order,
+    likeliest mislabelled first (`ranking_key` of `order`, default "evidence"), plus "rank"
+    (1-based), "flagged" (`flagged`: the examples the order calls mislabelled), "tie_group"
+    (0, 1, ... in rank order: the examples equal in the whole key) and "tie_first_rank" /
+    "tie_last_rank" (the ranks the example's tie group spans; its order within them is random).
+    With order "evidence", also "evidence" (`evidence_score`)."""
     columns = {k: np.asarray(v) for k, v in columns.items()}
-    columns["mean_weight"] = columns["mean_weight"].astype(np.float64)
-    columns["zero_fraction"] = columns["zero_fraction"].astype(np.float64)
-    if SECONDARY_SCORE in columns:
-        columns[SECONDARY_SCORE] = columns[SECONDARY_SCORE].astype(np.float64)
-    order = rank_by_weight(columns, seed)
-    ranked = {k: v[order] for k, v in columns.items()}
-    groups = tie_groups([column for _, column in ranking_key(ranked)])
-    return {"rank": np.arange(1, len(order) + 1), **ranked, "tie_group": groups,
+    for name in ("mean_weight", "zero_fraction", SECONDARY_SCORE):
+        if name in columns:
+            columns[name] = columns[name].astype(np.float64)
+    order = resolve_order(columns, order)
+    if order == "evidence":
+        columns["evidence"] = evidence_score(columns)
+    columns["flagged"] = flagged(columns, order)
+    permutation = rank_by_weight(columns, seed, order)
+    ranked = {k: v[permutation] for k, v in columns.items()}
+    groups = tie_groups([column for _, column in ranking_key(ranked, order)])
+    return {"rank": np.arange(1, len(permutation) + 1), **ranked, "tie_group": groups,
             "tie_first_rank": np.searchsorted(groups, groups, side="left") + 1,
             "tie_last_rank": np.searchsorted(groups, groups, side="right")}
+
+
+def issue_mask(ranked):
+    """cleanlab's `find_label_issues` convention: a boolean mask by position (the row order of
+    x and y), True for the flagged examples, from a ranking of `label_issues`."""
+    mask = np.zeros(len(ranked["position"]), dtype=bool)
+    mask[np.asarray(ranked["position"])[np.asarray(ranked["flagged"], bool)]] = True
+    return mask
+
+
+def ranked_issue_indices(ranked):
+    """cleanlab's `return_indices_ranked_by` convention: the positions of the flagged examples,
+    likeliest mislabelled first."""
+    return np.asarray(ranked["position"])[np.asarray(ranked["flagged"], bool)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,7 +321,8 @@ def _num_examples(x):
     return len(x)
 
 
-def label_issues(trainer, x, y, batch_size=256, from_logits=None, example_ids=None, seed=0):
+def label_issues(trainer, x, y, batch_size=256, from_logits=None, example_ids=None, seed=0,
+                 order=None):
     """The training examples of a fitted `L2RWModel`, ranked likeliest mislabelled first.
 
     trainer: an `l2rw_tf.L2RWModel` fitted on arrays (`trainer.fit(x, y, ...)`; a fit on a
@@ -234,6 +338,8 @@ def label_issues(trainer, x, y, batch_size=256, from_logits=None, example_ids=No
         probabilities (a softmax / sigmoid last layer); outputs outside [0, 1] are refused.
     example_ids: optional, one id per example (any numpy-able values, e.g. file names): an "id"
         column keys the rows by them. seed: the (random) order within tie groups.
+    order: "evidence" (default), "weight" (the order before issue 23) or "probability"; see
+        `ranking_key`.
 
     Returns a dict of numpy columns, one row per training example, in rank order (rank 1 is the
     likeliest mislabelled; `pandas.DataFrame(result)` makes it a table):
@@ -247,14 +353,21 @@ def label_issues(trainer, x, y, batch_size=256, from_logits=None, example_ids=No
                          to uniform (1.0 = 1/batch size); nan if never seen (ranked last)
         zero_fraction    fraction of those steps at weight exactly 0
         times_seen       steps the example was in a batch
-        tie_group        0, 1, ...: examples equal in mean_weight, label_probability and
-                         zero_fraction (ranked in a seeded random order, never by position)
+        evidence         the combined log-odds that the label is right (`evidence_score`):
+                         logit(label_probability) + logit((aligned + 1) / (times_seen + 2)),
+                         aligned = the steps at weight above 0 (order "evidence" only)
+        flagged          True for the examples the ranking calls mislabelled (`flagged`:
+                         evidence below 0 by default); `issue_mask(result)` gives it by position,
+                         `ranked_issue_indices(result)` their positions in rank order (cleanlab's
+                         two output conventions)
+        tie_group        0, 1, ...: examples equal in the whole key (ranked in a seeded random
+                         order, never by position)
         tie_first_rank, tie_last_rank  the ranks the example's tie group spans
 
-    The key is `ranking_key`: mean weight, then label probability, then zero fraction (most
-    often at zero first). To score the ranking against known corrupted labels `is_noisy` (by
-    position): `precision_at(is_noisy[r["position"]], k, r["tie_group"])`, the expectation
-    over random orders within ties.
+    The key is `ranking_key`: by default the evidence, then the mean weight, then the zero
+    fraction (most often at zero first). To score the ranking against known corrupted labels
+    `is_noisy` (by position): `precision_at(is_noisy[r["position"]], k, r["tie_group"])`, the
+    expectation over random orders within ties.
     """
     try:
         stats = trainer.example_weights()
@@ -316,7 +429,7 @@ def label_issues(trainer, x, y, batch_size=256, from_logits=None, example_ids=No
                     "mean_weight": np.asarray(stats["mean_weight"], np.float64),
                     "zero_fraction": np.asarray(stats["zero_fraction"], np.float64),
                     "times_seen": np.asarray(stats["times_seen"], np.int64)})
-    return rank_examples(columns, seed)
+    return rank_examples(columns, seed, order)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from l2rw_tf import cleanlab_eval
+from l2rw_tf import cleanlab_eval, ranking
 
 FLAGFILE = REPO / "configs" / "mnist_background_lenet_cpu.flags"
 TINY = ["--num_train_subset=400", "--num_hyper_val=100", "--num_steps=12",
@@ -37,6 +37,29 @@ def test_flagged_set():
     assert cleanlab_eval.flagged_set([1, 0, 1, 0], is_noisy) == \
         {"size": 2, "precision": 0.5, "recall": 0.5}
     assert cleanlab_eval.flagged_set([0, 0, 0, 0], is_noisy)["precision"] is None
+
+
+def test_the_l2rw_ranking_is_the_one_of_label_issues():
+    """One ranking pipeline: the default row scores exactly as ranking.rank_examples orders."""
+    rng = np.random.default_rng(0)
+    n = 500
+    is_noisy = rng.random(n) < 0.4
+    seen = rng.integers(1, 6, n).astype(float)
+    aligned = np.where(is_noisy, rng.binomial(seen.astype(int), 0.3),
+                       rng.binomial(seen.astype(int), 0.8))
+    columns = {"mean_weight": aligned / seen, "zero_fraction": 1 - aligned / seen,
+               "times_seen": seen,
+               "label_probability": np.where(is_noisy, rng.uniform(0, 0.7, n),
+                                             rng.uniform(0.3, 1, n))}
+    rankings = cleanlab_eval.l2rw_rankings(columns)
+    assert list(rankings)[0].startswith("L2RW default")
+    scores, noisy_ranked, groups = cleanlab_eval.score_ranking(
+        list(rankings.values())[0], is_noisy, [100, 200])
+    ranked = ranking.rank_examples({**columns, "is_noisy": is_noisy})
+    for k in (100, 200):
+        assert scores[k]["precision"] == pytest.approx(
+            ranking.precision_at(ranked["is_noisy"], k, ranked["tie_group"]))
+    assert np.array_equal(noisy_ranked, ranked["is_noisy"])
 
 
 def test_missing_cleanlab_is_one_line_naming_the_extra(monkeypatch):

@@ -97,14 +97,30 @@ def test_the_ranking_finds_the_flipped_labels(fitted):
     assert precision(alone, flipped, k) > chance + 0.2
 
     assert list(ranked) == ["rank", "position", "label", "predicted_label", "label_probability",
-                            "mean_weight", "zero_fraction", "times_seen", "tie_group",
-                            "tie_first_rank", "tie_last_rank"]
+                            "mean_weight", "zero_fraction", "times_seen", "evidence", "flagged",
+                            "tie_group", "tie_first_rank", "tie_last_rank"]
     assert all(len(column) == n for column in ranked.values())
     assert list(ranked["rank"]) == list(range(1, n + 1))
     assert sorted(ranked["position"]) == list(range(n))
     assert np.array_equal(ranked["label"], y_noisy[ranked["position"]])
     assert np.all(ranked["times_seen"] == EPOCHS)
-    assert np.all(np.diff(ranked["mean_weight"]) >= 0)
+    assert np.all(np.diff(ranked["evidence"]) >= 0)
+    aligned = np.round(EPOCHS * (1 - ranked["zero_fraction"]))
+    np.testing.assert_allclose(
+        ranked["evidence"], np.log(ranked["label_probability"] / (1 - ranked["label_probability"]))
+        + np.log((aligned + 1) / (EPOCHS + 1 - aligned)), rtol=1e-9)
+    assert np.array_equal(ranked["flagged"], ranked["evidence"] < 0)
+    # cleanlab's conventions: a mask by position and the flagged positions in rank order.
+    mask = ranking.issue_mask(ranked)
+    assert mask.sum() == ranked["flagged"].sum() and mask[ranked["position"]].tolist() == \
+        ranked["flagged"].tolist()
+    assert list(ranking.ranked_issue_indices(ranked)) == \
+        [p for p, f in zip(ranked["position"], ranked["flagged"]) if f]
+    assert flipped[mask].mean() > 0.6 and flipped[mask].sum() / flipped.sum() > 0.6
+    # The weight-first order of before issue 23 stays one argument away.
+    by_weight = l2rw_tf.label_issues(trainer, x, y_noisy, order="weight")
+    assert np.all(np.diff(by_weight["mean_weight"]) >= 0) and "evidence" not in by_weight
+    assert np.array_equal(by_weight["flagged"], by_weight["mean_weight"] == 0)
     stats = trainer.example_weights()
     assert np.array_equal(ranked["mean_weight"], stats["mean_weight"][ranked["position"]])
     # label_probability: the softmax of the logits (the loss says from_logits=True) at the label.
@@ -123,9 +139,14 @@ def test_the_ranking_finds_the_flipped_labels(fitted):
 def test_shuffled_weights_score_chance(fitted):
     trainer, x, y_noisy, flipped = fitted
     k, rng = int(flipped.sum()), np.random.default_rng(1)
-    scores = [precision(l2rw_tf.label_issues(Shuffled(trainer, rng.permutation(len(y_noisy))),
-                                             x, y_noisy), flipped, k) for _ in range(20)]
+    shuffled = [Shuffled(trainer, rng.permutation(len(y_noisy))) for _ in range(20)]
+    scores = [precision(l2rw_tf.label_issues(t, x, y_noisy, order="weight"), flipped, k)
+              for t in shuffled]
     assert np.mean(scores) == pytest.approx(flipped.mean(), abs=0.04)
+    # The default adds the model's own evidence, which the shuffle leaves intact: the ranking
+    # survives weights that say nothing.
+    scores = [precision(l2rw_tf.label_issues(t, x, y_noisy), flipped, k) for t in shuffled[:3]]
+    assert min(scores) > flipped.mean() + 0.3
 
 
 def test_example_ids_key_the_rows(fitted):
@@ -197,12 +218,13 @@ def test_ties_in_weight_follow_the_label_probability_never_the_position():
                                  from_logits=False, seed=1)
     assert list(other["position"]) != order
 
-    # Weight first, then probability, then the zero fraction (most often at zero first).
+    # order="weight": weight first, then probability, then the zero fraction (most often at
+    # zero first).
     weights = np.array([0.0, 0.0, 0.0, 2.0, 0.5])
     outputs = np.array([[0.2, 0.8], [0.6, 0.4], [0.2, 0.8], [0.1, 0.9], [0.9, 0.1]])
     zeros = np.array([0.5, 1.0, 1.0, 0.0, 0.2])
     ranked = l2rw_tf.label_issues(FakeTrainer(outputs, weights, zeros), np.zeros((5, 1)),
-                                  np.zeros(5, np.int64), from_logits=False)
+                                  np.zeros(5, np.int64), from_logits=False, order="weight")
     assert list(ranked["position"]) == [2, 0, 1, 4, 3]
     assert list(ranked["predicted_label"]) == [1, 1, 0, 0, 1]
 
@@ -214,6 +236,59 @@ def test_never_seen_examples_rank_last():
                     np.array([0, 2, 2])), np.zeros((3, 1)), np.zeros(3, np.int64),
         from_logits=False)
     assert list(ranked["position"]) == [1, 2, 0]
+
+
+def test_the_evidence_follows_whichever_signal_speaks():
+    """The default order adds the model's log-odds for the given label to the weights' (the
+    aligned fraction by Laplace's rule). Where one signal says nothing, the other decides alone:
+    a model of one constant output leaves the weights' order, weights that never vary leave the
+    probability's."""
+    rng = np.random.default_rng(0)
+    n, seen = 400, 10
+    corrupted = np.zeros(n, bool)
+    corrupted[:160] = True                     # a block of positions, as the noise module does
+    labels = np.zeros(n, np.int64)
+    # Uninformative model (probability 0.3 for everyone), informative weights: corrupted
+    # examples aligned at 0-3 of their 10 steps, clean ones at 7-10.
+    aligned = np.where(corrupted, rng.integers(0, 4, n), rng.integers(7, 11, n))
+    zeros = 1 - aligned / seen
+    flat = np.tile([[0.3, 0.7]], (n, 1))
+    ranked = l2rw_tf.label_issues(FakeTrainer(flat, aligned / seen, zeros, np.full(n, seen)),
+                                  np.zeros((n, 1)), labels, from_logits=False)
+    assert precision(ranked, corrupted, 160) == 1.0
+    assert ranked["evidence"][0] < ranked["evidence"][-1]
+    # Informative model, uninformative weights (every example aligned at every step, weight 1).
+    p = np.where(corrupted, rng.uniform(0.01, 0.4, n), rng.uniform(0.6, 0.99, n))
+    outputs = np.stack([p, 1 - p], axis=1)
+    ranked = l2rw_tf.label_issues(FakeTrainer(outputs, np.ones(n), np.zeros(n), np.full(n, seen)),
+                                  np.zeros((n, 1)), labels, from_logits=False)
+    assert precision(ranked, corrupted, 160) == 1.0
+    assert list(ranked["position"]) == list(np.argsort(p))
+    by_weight = l2rw_tf.label_issues(
+        FakeTrainer(outputs, np.ones(n), np.zeros(n), np.full(n, seen)), np.zeros((n, 1)),
+        labels, from_logits=False, order="weight")
+    assert precision(by_weight, corrupted, 160) == 1.0   # the probability breaks its one tie
+    # The flag: the combined odds below 1. Always aligned in 10 steps is odds of 11 for the
+    # label, so the model must give it less than 1/12 to flag it.
+    assert np.array_equal(ranking.issue_mask(ranked), p / (1 - p) < 1 / 11)
+
+
+def test_the_weights_say_as_much_as_they_were_measured():
+    """Never aligned in 50 steps is stronger evidence than never aligned in 2: at an equal
+    probability the first ranks first."""
+    outputs = np.array([[0.6, 0.4], [0.6, 0.4], [0.6, 0.4], [0.95, 0.05]])
+    trainer = FakeTrainer(outputs, np.array([0.0, 0.0, 1.0, 1.0]),
+                          np.array([1.0, 1.0, 0.0, 0.0]), np.array([2, 50, 50, 50]))
+    ranked = l2rw_tf.label_issues(trainer, np.zeros((4, 1)), np.zeros(4, np.int64),
+                                  from_logits=False)
+    assert list(ranked["position"]) == [1, 0, 2, 3]
+    np.testing.assert_allclose(ranked["evidence"][:2],
+                               [np.log(0.6 / 0.4) + np.log(1 / 51),
+                                np.log(0.6 / 0.4) + np.log(1 / 3)], rtol=1e-6)
+    assert list(ranked["flagged"]) == [True, True, False, False]
+    with pytest.raises(ValueError, match="order='best'"):
+        l2rw_tf.label_issues(trainer, np.zeros((4, 1)), np.zeros(4, np.int64),
+                             from_logits=False, order="best")
 
 
 def test_the_output_is_read_as_the_loss_says():
@@ -230,12 +305,13 @@ def test_the_output_is_read_as_the_loss_says():
                           (lambda t, p: p, probabilities),  # says nothing: rows sum to 1
                           (lambda t, p: p, logits),         # says nothing: not probabilities
                           (None, logits)):
-        ranked = l2rw_tf.label_issues(FakeTrainer(outputs, np.arange(4.0), loss=loss), x, y)
+        ranked = l2rw_tf.label_issues(FakeTrainer(outputs, np.arange(4.0), loss=loss), x, y,
+                                      order="weight")
         np.testing.assert_allclose(ranked["label_probability"], expected, rtol=1e-5)
     # An explicit from_logits overrides the loss; one-hot labels are their argmax.
     onehot = np.eye(3)[y]
     ranked = l2rw_tf.label_issues(FakeTrainer(logits, np.arange(4.0), loss="mse"), x, onehot,
-                                  from_logits=True)
+                                  from_logits=True, order="weight")
     np.testing.assert_allclose(ranked["label_probability"], expected, rtol=1e-5)
     assert list(ranked["label"]) == list(y) and list(ranked["predicted_label"]) == [0, 2, 2, 1]
 
@@ -248,7 +324,7 @@ def test_a_single_output_is_a_sigmoid():
     for loss, outputs in ((keras.losses.BinaryCrossentropy(from_logits=True), logit),
                           ("binary_crossentropy", positive[:, None])):
         ranked = l2rw_tf.label_issues(FakeTrainer(outputs, np.arange(4.0), loss=loss),
-                                      np.zeros((4, 1)), labels)
+                                      np.zeros((4, 1)), labels, order="weight")
         np.testing.assert_allclose(ranked["label_probability"], expected, rtol=1e-5)
         assert list(ranked["predicted_label"]) == [1, 0, 1, 0]
         assert list(ranked["label"]) == [1, 1, 0, 0]

@@ -243,8 +243,15 @@ def test_precision_of_the_mislabelled_ranking(tmp_path):
     assert json.loads((tmp_path / "out" / "mislabel_precision.json").read_text()) == summary
     ranked = read_rows(tmp_path / "out" / "ranked_examples.csv")
     assert list(ranked[0]) == ["rank", "index", "label", "is_noisy", "mean_weight",
-                               "label_probability", "zero_fraction", "tie_first_rank",
-                               "tie_last_rank"]
+                               "label_probability", "zero_fraction", "flagged",
+                               "tie_first_rank", "tie_last_rank"]
+    # Without a label probability the order falls back to the weights, and so does the cut:
+    # the flagged examples are those at mean weight exactly 0.
+    assert summary["order"] == "weight"
+    assert summary["flagged"] == {"rule": "mean weight exactly 0", "size": 350,
+                                  "num_corrupted": 350, "precision": 1.0, "recall": 350 / 400}
+    assert all(r["flagged"] == "1" for r in ranked[:350])
+    assert all(r["flagged"] == "0" for r in ranked[350:])
     assert len(ranked) == 600 and [int(r["rank"]) for r in ranked] == list(range(1, 601))
     assert all(r["label_probability"] == "" for r in ranked)
     assert {int(r["index"]) for r in ranked[:350]} == set(range(0, 1750, 5))
@@ -313,10 +320,13 @@ def test_precision_does_not_depend_on_the_index(tmp_path):
     assert forward["largest_tie_across_k"] == 1500
 
 
-def test_label_probability_breaks_the_tie_at_weight_zero(tmp_path):
+@pytest.mark.parametrize("order", ["evidence", "weight"])
+def test_label_probability_breaks_the_tie_at_weight_zero(tmp_path, order):
     """With the final model's probability of the given label, the examples at mean weight 0 are
     ranked by it: the corrupted ones, which the model doubts, first, though their indices come
-    last. An exact tie in the probability too is still counted at random order."""
+    last. An exact tie in the probability too is still counted at random order. Here the default
+    order (evidence: the probability and the aligned fraction as added log-odds) and the weight
+    order agree: the weights split the examples in two and the probability orders each half."""
     rows = []
     for i in range(2000):
         zero = i < 1000
@@ -329,13 +339,20 @@ def test_label_probability_breaks_the_tie_at_weight_zero(tmp_path):
     for i in (0, 1, 998, 999):           # two clean, two corrupted: one tie at probability 0
         rows[i]["label_probability"] = 0.0
     make_run(tmp_path / "run", noisy_flags("l2rw", 0), 0.8, weights=rows)
-    summary = plots.export_mislabelled(str(tmp_path / "run"), str(tmp_path / "out"))
+    summary = plots.export_mislabelled(str(tmp_path / "run"), str(tmp_path / "out"),
+                                       order=None if order == "evidence" else order)
+    assert summary["order"] == order
     assert summary["num_corrupted"] == 600
     # Ranks 1-4: the probability-0 tie (half corrupted), then the other 598 corrupted ones.
     assert summary["precision_at"]["100"] == pytest.approx(98 / 100)
     assert summary["precision_at"]["600"] == pytest.approx(598 / 600)
     assert summary["secondary_score"] == "label_probability"
-    assert summary["ranking_key"] == ["mean_weight", "label_probability", "-zero_fraction"]
+    assert summary["ranking_key"] == (
+        ["evidence", "mean_weight", "-zero_fraction"] if order == "evidence" else
+        ["mean_weight", "label_probability", "-zero_fraction"])
+    # The cut: evidence below 0 flags the zero-weight group (logit(1/7) = -1.79 outweighs the
+    # clean ones' logit(0.5 + i/10,000) <= 0.16) and no example seen at positive weight.
+    assert summary["flagged"]["size"] == 1000 and summary["flagged"]["num_corrupted"] == 600
     assert summary["recall_at"]["600"] == pytest.approx(598 / 600)
     assert summary["precision_at"]["1000"] == pytest.approx(600 / 1000)
     assert summary["zero_weight_group"]["size"] == 1000
