@@ -994,9 +994,10 @@ class L2RWModel(keras.Model):
             return {"times_seen": seen.astype(np.int64), "mean_weight": weight_sum / seen,
                     "zero_fraction": zeros / seen}
 
-    def label_issues(self, x, y, batch_size=256, from_logits=None, example_ids=None, seed=0):
+    def label_issues(self, x, y, batch_size=256, from_logits=None, example_ids=None, seed=0,
+                     order=None):
         """The training examples (the arrays `x`, `y` this model was fitted on), ranked
         likeliest mislabelled first: `l2rw_tf.label_issues(self, x, y, ...)`, see ranking.py."""
         from l2rw_tf.ranking import label_issues
         return label_issues(self, x, y, batch_size=batch_size, from_logits=from_logits,
-                            example_ids=example_ids, seed=seed)
+                            example_ids=example_ids, seed=seed, order=order)
