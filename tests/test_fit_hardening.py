@@ -368,8 +368,8 @@ def test_backup_and_restore_within_an_epoch_is_refused(tmp_path):
 
 def test_another_keras_backend_is_refused_at_construction(monkeypatch):
     _, _, cx, cy = tabular()
-    monkeypatch.setattr(fit_module.keras.backend, "backend", lambda: "jax")
-    with pytest.raises(ValueError, match="TensorFlow backend.*KERAS_BACKEND=tensorflow"):
+    monkeypatch.setattr(fit_module.keras.backend, "backend", lambda: "torch")
+    with pytest.raises(ValueError, match="TensorFlow or JAX backend.*KERAS_BACKEND=tensorflow"):
         L2RWModel(mlp(), clean_data=(cx, cy))
 
 
