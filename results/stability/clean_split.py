@@ -73,7 +73,7 @@ def main(argv=None):
                         alignment = reweight.jvp_alignment(
                             model, (bx, by), (tf.gather(cx, index), tf.gather(cy, index)))
                         kept = tf.maximum(kept, tf.cast(alignment > 0, tf.float32))
-                    weights = kept / tf.maximum(tf.reduce_sum(kept), 1.0)
+                    weights = reweight.equal_weights(kept)  # 1 / #kept on the kept
                 result = step.weighted_step(model, weights, (bx, by), loss_fn)
                 optimizer.apply(result.gradients, model.trainable_variables)
                 return tf.reduce_mean(tf.cast(weights > 0, tf.float32))

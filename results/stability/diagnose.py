@@ -155,12 +155,8 @@ def main(argv=None):
     def plain_step(x, y, cx, cy):
         return apply(step.weighted_step(model, step.uniform_weights(y), (x, y), loss_fn))
 
-    def binary_weights(alignment):
-        positive = tf.cast(alignment > 0, tf.float32)
-        return positive / tf.maximum(tf.reduce_sum(positive), 1.0)
-
     def meta_variant_step(dropout, training, binary=False):
-        normalize = binary_weights if binary else reweight.normalize_weights
+        normalize = reweight.equal_weights if binary else reweight.normalize_weights
 
         @tf.function
         def run(x, y, cx, cy):
