@@ -96,12 +96,15 @@ def alignments(model, loss_fn, x, y, clean_x, clean_y, seed_shift=0, dropout=Tru
 def auc(score, positive):
     """P(score of a random positive > score of a random negative), ties counted half."""
     import numpy as np
-    from scipy.stats import rankdata
     positive = np.asarray(positive, bool)
     n_pos, n_neg = positive.sum(), (~positive).sum()
     if not n_pos or not n_neg:
         return float("nan")
-    ranks = rankdata(score)
+    # Ranks 1..n, tied scores sharing their mean rank (numpy only: scipy is no dependency).
+    values, inverse = np.unique(score, return_inverse=True)
+    first = np.searchsorted(np.sort(score), values)
+    counts = np.bincount(inverse)
+    ranks = (first + (counts + 1) / 2)[inverse]
     return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
