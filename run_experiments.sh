@@ -221,7 +221,7 @@ fi
 
 [[ -z $missing ]] || die "missing flagfiles: $(echo $missing)"
 export TF_CPP_MIN_LOG_LEVEL=${TF_CPP_MIN_LOG_LEVEL:-2}
-# Offline data as CI uses it (README "Offline data"), unless the caller says otherwise.
+# Offline data as CI uses it (docs/command_line.md), unless the caller says otherwise.
 if [[ -z ${TFDS_DATA_DIR:-} && -d ../shared/tensorflow_datasets ]]; then
   TFDS_DATA_DIR=$(cd ../shared/tensorflow_datasets && pwd)
   export TFDS_DATA_DIR
