@@ -31,28 +31,45 @@ import json
 import os
 import sys
 import time
+from typing import Any, NamedTuple
 
 import numpy as np
 from absl import flags
 
-from l2rw_tf import main as cli
-from l2rw_tf import ranking
+from l2rw_tf import config as run_config
+from l2rw_tf import ranking, rundir
+from l2rw_tf.config import UsageError
 
+# This tool's own flags (not the global absl FLAGS, which the training command line's are).
+FLAGS = flags.FlagValues()
 flags.DEFINE_string("l2rw_run", None, "A finished L2RW run directory of the noisy task (its "
-                    "flags.json, result.json, example_weights.csv); its flags set the folds'.")
+                    "flags.json, result.json, example_weights.csv); its flags set the folds'.",
+                    flag_values=FLAGS)
 flags.DEFINE_string("baseline_run", None, "Optional: a finished baseline run of the same data, "
-                    "whose own (in-sample) probability of the given label is ranked too.")
+                    "whose own (in-sample) probability of the given label is ranked too.",
+                    flag_values=FLAGS)
 flags.DEFINE_integer("folds", 5, "K of the K-fold cross-validation that gives cleanlab its "
-                     "out-of-sample probabilities.")
+                     "out-of-sample probabilities.", flag_values=FLAGS)
 flags.DEFINE_string("fold_dir", None, "Where the folds' runs go (default <l2rw_run>_cleanlab<K>);"
-                    " finished folds are reused, interrupted ones resumed.")
-flags.DEFINE_string("out", None, "Directory for summary.json, summary.md, precision_curve.csv.")
-flags.DEFINE_bool("overwrite", False, "Replace the results already in --out.")
-FLAGS = flags.FLAGS
+                    " finished folds are reused, interrupted ones resumed.", flag_values=FLAGS)
+flags.DEFINE_string("out", None, "Directory for summary.json, summary.md, precision_curve.csv.",
+                    flag_values=FLAGS)
+flags.DEFINE_bool("overwrite", False, "Replace the results already in --out.", flag_values=FLAGS)
+flags.DEFINE_string("data_dir", None, "tfds data directory to read the run's data from "
+                    "(default: the one its flags.json records).", flag_values=FLAGS)
 
-# The flags of a run that say what its data is: the folds must see the same training set.
-NOT_FLAGS = ("input_shape", "pixel_range")
 OUTPUTS = ("summary.json", "summary.md", "precision_curve.csv", "precision_curve.png")
+
+
+class Runs(NamedTuple):
+    """The runs compared: the folds' RunConfig (the L2RW run's, --method=baseline), the L2RW
+    run's example_weights.csv columns and result.json, and the baseline run's (None without
+    --baseline_run)."""
+    config: Any
+    l2rw: dict
+    l2rw_result: dict
+    baseline: Any
+    baseline_result: Any
 
 
 def need_cleanlab():
@@ -60,98 +77,79 @@ def need_cleanlab():
         import cleanlab.filter  # noqa: F401
         import sklearn.model_selection  # noqa: F401
     except ImportError as e:
-        raise cli.UsageError(f"this evaluation needs cleanlab and scikit-learn ({e}): "
+        raise UsageError(f"this evaluation needs cleanlab and scikit-learn ({e}): "
                              f"pip install -e \".[eval]\"") from None
 
 
 def read_json(path, what):
     if not os.path.exists(path):
-        raise cli.UsageError(f"{path} does not exist: {what}")
+        raise UsageError(f"{path} does not exist: {what}")
     with open(path) as f:
         return json.load(f)
 
 
-def run_argv(run_flags):
-    """The command-line flags that reproduce a run's flags.json (absl syntax)."""
-    argv = []
-    for name, value in sorted(run_flags.items()):
-        if name in NOT_FLAGS or name == "logdir" or value is None:
-            continue
-        if name not in FLAGS:
-            raise cli.UsageError(f"flags.json has a flag --{name} this version does not know")
-        if isinstance(value, bool):
-            argv.append(f"--{'' if value else 'no'}{name}")
-        elif isinstance(value, (list, tuple)):
-            argv.append(f"--{name}={','.join(str(v) for v in value)}")
-        else:
-            argv.append(f"--{name}={value}")
-    return argv
+def read_run(run_dir):
+    """(flags.json record, result.json) of a finished run directory."""
+    if not os.path.exists(os.path.join(run_dir, run_config.FLAGS_JSON)):
+        raise UsageError(f"{os.path.join(run_dir, run_config.FLAGS_JSON)} does not exist: give a "
+                         f"run directory")
+    recorded = run_config.read_record(run_dir)
+    return recorded, read_json(os.path.join(run_dir, "result.json"), "the run has not finished")
 
 
 def read_example_weights(run_dir):
     """Every row of the run's example_weights.csv, in example order, as numpy columns."""
     path = os.path.join(run_dir, "example_weights.csv")
     if not os.path.exists(path):
-        raise cli.UsageError(f"{path} does not exist: give a finished noisy-task run")
+        raise UsageError(f"{path} does not exist: give a finished noisy-task run")
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows or ranking.SECONDARY_SCORE not in rows[0]:
-        raise cli.UsageError(f"{path} has no {ranking.SECONDARY_SCORE} column: rerun it with "
+        raise UsageError(f"{path} has no {ranking.SECONDARY_SCORE} column: rerun it with "
                              f"this version of l2rw_tf")
     columns = {k: np.array([float(r[k]) if r[k] != "" else np.nan for r in rows])
                for k in rows[0]}
     if not np.array_equal(columns["index"], np.arange(len(rows))):
-        raise cli.UsageError(f"{path} is not one row per example in order")
+        raise UsageError(f"{path} is not one row per example in order")
     return columns
 
 
 def load_runs():
-    """Checks the runs, sets the flags to the L2RW run's (method baseline) and returns
-    (l2rw columns, l2rw result, baseline columns or None, baseline result or None)."""
+    """Checks the runs of the flags; returns them (`Runs`) with the folds' config: the L2RW
+    run's, --method=baseline (and this command's --data_dir if given)."""
     if not FLAGS.l2rw_run:
-        raise cli.UsageError("--l2rw_run is required: a finished L2RW run directory")
+        raise UsageError("--l2rw_run is required: a finished L2RW run directory")
     if not FLAGS.out:
-        raise cli.UsageError("--out is required: the directory for the results")
+        raise UsageError("--out is required: the directory for the results")
     if FLAGS.folds < 2:
-        raise cli.UsageError(f"--folds={FLAGS.folds}: cross-validation needs at least 2")
-    run_flags = read_json(os.path.join(FLAGS.l2rw_run, "flags.json"), "give a run directory")
-    result = read_json(os.path.join(FLAGS.l2rw_run, "result.json"), "the run has not finished")
-    if run_flags.get("method") != "l2rw" or run_flags.get("task") != "noisy":
-        raise cli.UsageError(f"{FLAGS.l2rw_run} is a {run_flags.get('task')} run of "
-                             f"--method={run_flags.get('method')}: give a noisy-task L2RW run")
+        raise UsageError(f"--folds={FLAGS.folds}: cross-validation needs at least 2")
+    recorded, result = read_run(FLAGS.l2rw_run)
+    if recorded.get("method") != "l2rw" or recorded.get("task") != "noisy":
+        raise UsageError(f"{FLAGS.l2rw_run} is a {recorded.get('task')} run of "
+                         f"--method={recorded.get('method')}: give a noisy-task L2RW run")
     l2rw = read_example_weights(FLAGS.l2rw_run)
     baseline = baseline_result = None
     if FLAGS.baseline_run:
-        other = read_json(os.path.join(FLAGS.baseline_run, "flags.json"), "give a run directory")
-        baseline_result = read_json(os.path.join(FLAGS.baseline_run, "result.json"),
-                                    "the run has not finished")
-        data_flags = ("task", "dataset", "noise", "ratio", "noise_semantics", "num_clean",
-                      "clean_per_class", "num_hyper_val", "num_train_subset", "seed")
-        differ = [k for k in data_flags if other.get(k) != run_flags.get(k)]
+        other, baseline_result = read_run(FLAGS.baseline_run)
+        differ = [k for k in run_config.DATA_SETTINGS if other.get(k) != recorded.get(k)]
         if other.get("method") != "baseline" or differ:
-            raise cli.UsageError(f"--baseline_run={FLAGS.baseline_run} is not a baseline run "
-                                 f"of the same data (differs in {differ or ['method']})")
+            raise UsageError(f"--baseline_run={FLAGS.baseline_run} is not a baseline run "
+                             f"of the same data (differs in {differ or ['method']})")
         baseline = read_example_weights(FLAGS.baseline_run)
-    own = {name: FLAGS[name].value for name in ("l2rw_run", "baseline_run", "folds", "fold_dir",
-                                                 "out", "overwrite")}
+    config = dataclasses.replace(run_config.from_record(recorded), method="baseline")
     if FLAGS["data_dir"].present:  # given here: it overrides the directory the run recorded
-        own["data_dir"] = FLAGS.data_dir
-    FLAGS.unparse_flags()
-    FLAGS(["cleanlab_eval"] + run_argv(run_flags) + ["--method=baseline"])
-    for name, value in own.items():
-        FLAGS[name].value = value
-    cli.resolve_defaults()
-    cli.validate_flags()
-    return l2rw, result, baseline, baseline_result
+        config = dataclasses.replace(config, data_dir=FLAGS.data_dir)
+    run_config.check_machine(config)
+    return Runs(config, l2rw, result, baseline, baseline_result)
 
 
 def check_out(out):
     """Refuses to replace earlier results unless --overwrite; probes that `out` is writable."""
-    cli.check_writable(out, "--out")
+    rundir.check_writable(out, "--out")
     present = [name for name in OUTPUTS if os.path.exists(os.path.join(out, name))]
     if present and not FLAGS.overwrite:
-        raise cli.UsageError(f"{out} already holds {', '.join(present)}; pass --overwrite to "
-                             f"replace them, or choose another --out")
+        raise UsageError(f"{out} already holds {', '.join(present)}; pass --overwrite to "
+                         f"replace them, or choose another --out")
 
 
 def class_probabilities(model, preprocess, images, batch_size):
@@ -171,18 +169,19 @@ def class_probabilities(model, preprocess, images, batch_size):
                            for start in range(0, len(images), batch_size)]).astype(np.float64)
 
 
-def cross_validated_probabilities(experiment, preprocess, augment, fold_dir, log=print):
-    """Out-of-sample class probabilities of every training example: K stratified folds, each
-    predicted by the run's model trained with --method=baseline on the other K - 1 (a run
-    directory per fold under `fold_dir`, resumed if interrupted). Returns (probabilities,
-    per-fold records)."""
+def cross_validated_probabilities(config, inputs, fold_dir, log=print):
+    """Out-of-sample class probabilities of every training example: --folds stratified folds,
+    each predicted by the model of `config` (the run's, --method=baseline) trained on the
+    others (a run directory per fold under `fold_dir`, resumed if interrupted). `inputs`: the
+    run's `experiment.Inputs`. Returns (probabilities, per-fold records)."""
     import keras
     from sklearn.model_selection import StratifiedKFold
     from l2rw_tf import step, train
-    f = FLAGS
-    labels = experiment.train_labels
-    folds = StratifiedKFold(n_splits=f.folds, shuffle=True, random_state=f.seed)
-    probabilities = np.full([len(labels), experiment.num_classes], np.nan)
+    from l2rw_tf.experiment import build_training
+    arrays, preprocess = inputs.data, inputs.preprocess
+    labels = arrays.train_labels
+    folds = StratifiedKFold(n_splits=FLAGS.folds, shuffle=True, random_state=config.seed)
+    probabilities = np.full([len(labels), arrays.num_classes], np.nan)
     records = []
     for k, (train_index, held_out) in enumerate(folds.split(np.zeros(len(labels)), labels)):
         run_dir = os.path.join(fold_dir, f"fold{k}")
@@ -190,29 +189,28 @@ def cross_validated_probabilities(experiment, preprocess, augment, fold_dir, log
         if os.path.exists(done_path):
             saved = np.load(done_path)
             if not np.array_equal(saved["held_out"], held_out):
-                raise cli.UsageError(f"{done_path} holds another split; move {fold_dir} away")
+                raise UsageError(f"{done_path} holds another split; move {fold_dir} away")
             probabilities[held_out] = saved["probabilities"]
             records.append(json.loads(str(saved["record"])))
-            log(f"fold {k + 1}/{f.folds}: reused {done_path}")
+            log(f"fold {k + 1}/{FLAGS.folds}: reused {done_path}")
             continue
-        log(f"fold {k + 1}/{f.folds}: training on {len(train_index)} examples, "
+        log(f"fold {k + 1}/{FLAGS.folds}: training on {len(train_index)} examples, "
             f"predicting {len(held_out)}")
         part = dataclasses.replace(
-            experiment, train_images=experiment.train_images[train_index],
-            train_labels=labels[train_index],
-            train_is_noisy=experiment.train_is_noisy[train_index],
-            eval_sets={"test": experiment.eval_sets["test"]})
-        keras.utils.set_random_seed(f.seed)
-        model, optimizer, train_ds, clean_ds, evaluate = cli.build_training(
-            part, preprocess, augment)
-        config = step.StepConfig(method="baseline", seed=f.seed)
-        final = train.train(model, optimizer, train_ds, clean_ds, evaluate, run_dir,
-                            f.num_steps, config, eval_interval=f.eval_interval,
-                            checkpoint_interval=f.checkpoint_interval,
+            arrays, train_images=arrays.train_images[train_index],
+            train_labels=labels[train_index], train_is_noisy=arrays.train_is_noisy[train_index],
+            eval_sets={"test": arrays.eval_sets["test"]})
+        keras.utils.set_random_seed(config.seed)
+        fold = build_training(config, inputs._replace(data=part))
+        final = train.train(fold.model, fold.optimizer, fold.train_ds, fold.clean_ds,
+                            fold.evaluate, run_dir, config.num_steps,
+                            step.StepConfig(method="baseline", seed=config.seed),
+                            eval_interval=config.eval_interval,
+                            checkpoint_interval=config.checkpoint_interval,
                             log=lambda msg: log(f"  fold {k + 1}: {msg}"))
         t0 = time.perf_counter()
         held_out_probabilities = class_probabilities(
-            model, preprocess, experiment.train_images[held_out], f.eval_batch_size)
+            fold.model, preprocess, arrays.train_images[held_out], config.eval_batch_size)
         record = {"fold": k, "train_examples": int(len(train_index)),
                   "held_out": int(len(held_out)), "test_accuracy": final.get("test_accuracy"),
                   "train_seconds": final["train_seconds"],
@@ -263,44 +261,49 @@ def l2rw_rankings(l2rw):
 def evaluate(log=print):
     """The comparison of the flags (see the module docstring); returns the summary dict."""
     need_cleanlab()
-    l2rw, l2rw_result, baseline, baseline_result = load_runs()
+    runs = load_runs()
     check_out(FLAGS.out)
-    import cleanlab
     import cleanlab.filter
     import cleanlab.rank
-    import l2rw_tf
-    from l2rw_tf import data
-    try:
-        experiment, preprocess, augment = cli.build_data()
-    except data.DataError as e:
-        raise cli.UsageError(str(e)) from None
-    labels, is_noisy = experiment.train_labels, experiment.train_is_noisy.astype(bool)
-    if not (np.array_equal(l2rw["label"], labels) and np.array_equal(l2rw["is_noisy"], is_noisy)):
-        raise cli.UsageError(f"{FLAGS.l2rw_run}/example_weights.csv does not match the training "
-                             f"set its flags build now (labels or corrupted flags differ)")
-    corrupted = int(is_noisy.sum())
-    ks = sorted({k for k in (100, 1000, corrupted) if k <= len(labels)})
-    log(f"{len(labels)} training examples, {corrupted} corrupted; {experiment.info}")
-
+    from l2rw_tf.experiment import build_data
+    inputs = build_data(runs.config)
+    labels, is_noisy = inputs.data.train_labels, inputs.data.train_is_noisy.astype(bool)
+    if not (np.array_equal(runs.l2rw["label"], labels)
+            and np.array_equal(runs.l2rw["is_noisy"], is_noisy)):
+        raise UsageError(f"{FLAGS.l2rw_run}/example_weights.csv does not match the training "
+                         f"set its flags build now (labels or corrupted flags differ)")
+    log(f"{len(labels)} training examples, {int(is_noisy.sum())} corrupted; {inputs.data.info}")
     fold_dir = FLAGS.fold_dir or f"{FLAGS.l2rw_run.rstrip(os.sep)}_cleanlab{FLAGS.folds}"
-    probabilities, folds = cross_validated_probabilities(experiment, preprocess, augment,
-                                                         fold_dir, log)
+    probabilities, folds = cross_validated_probabilities(runs.config, inputs, fold_dir, log)
     t0 = time.perf_counter()
     quality = cleanlab.rank.get_label_quality_scores(labels, probabilities,
                                                      method="self_confidence")
     rank_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
     issues = cleanlab.filter.find_label_issues(labels, probabilities)
-    filter_seconds = time.perf_counter() - t0
-    cv_accuracy = float(np.mean(np.argmax(probabilities, axis=1) == labels))
+    seconds = {"cleanlab_rank": rank_seconds,
+               "cleanlab_find_label_issues": time.perf_counter() - t0}
+    summary, curve_ks, curves = summarize(runs, inputs.data, fold_dir, probabilities, folds,
+                                          quality, issues, seconds)
+    write_outputs(FLAGS.out, summary, curve_ks, curves)
+    return summary
 
+
+def summarize(runs, arrays, fold_dir, probabilities, folds, quality, issues, seconds):
+    """The summary (rankings scored at k, flagged sets, times), the k of the precision curves
+    and the curves of every ranking."""
+    import cleanlab
+    import l2rw_tf
+    labels, is_noisy = arrays.train_labels, arrays.train_is_noisy.astype(bool)
+    corrupted = int(is_noisy.sum())
+    ks = sorted({k for k in (100, 1000, corrupted) if k <= len(labels)})
     rankings = {
-        **l2rw_rankings(l2rw),
+        **l2rw_rankings(runs.l2rw),
         f"cleanlab self-confidence ({FLAGS.folds}-fold out-of-sample)": [quality],
     }
-    if baseline is not None:
+    if runs.baseline is not None:
         rankings["baseline model's label probability (in-sample)"] = \
-            [baseline[ranking.SECONDARY_SCORE]]
+            [runs.baseline[ranking.SECONDARY_SCORE]]
     curve_ks = list(range(100, len(labels) + 1, 100))
     scored, curves = {}, {}
     for name, key in rankings.items():
@@ -308,32 +311,32 @@ def evaluate(log=print):
         curves[name] = [ranking.precision_at(noisy_ranked, k, groups) for k in curve_ks]
     sets = {"cleanlab find_label_issues (prune_by_noise_rate)": flagged_set(issues, is_noisy),
             "L2RW default flagged (evidence below 0)":
-                flagged_set(ranking.flagged(l2rw), is_noisy),
-            "L2RW mean weight exactly 0": flagged_set(l2rw["mean_weight"] == 0, is_noisy)}
-
+                flagged_set(ranking.flagged(runs.l2rw), is_noisy),
+            "L2RW mean weight exactly 0": flagged_set(runs.l2rw["mean_weight"] == 0, is_noisy)}
     fold_train = sum(r["train_seconds"] for r in folds)
     fold_predict = sum(r["predict_seconds"] for r in folds)
+    baseline_result = runs.baseline_result
     summary = {
         "l2rw_run": FLAGS.l2rw_run, "baseline_run": FLAGS.baseline_run, "fold_dir": fold_dir,
-        "folds": FLAGS.folds, "data": experiment.info, "train_examples": int(len(labels)),
+        "folds": FLAGS.folds, "data": arrays.info, "train_examples": int(len(labels)),
         "corrupted": corrupted, "chance_precision": corrupted / len(labels),
         "rankings": {name: {str(k): v for k, v in s.items()} for name, s in scored.items()},
         "flagged_sets": sets,
-        "cross_validated_accuracy_on_given_labels": cv_accuracy,
+        "cross_validated_accuracy_on_given_labels":
+            float(np.mean(np.argmax(probabilities, axis=1) == labels)),
         "fold_records": folds,
-        "seconds": {"l2rw_training": l2rw_result.get("train_seconds"),
+        "seconds": {"l2rw_training": runs.l2rw_result.get("train_seconds"),
                     # as result.json records it: a resumed run counts its last session only
                     "baseline_training": baseline_result and baseline_result.get("train_seconds"),
                     "cleanlab_folds_training": fold_train,
-                    "cleanlab_folds_predicting": fold_predict,
-                    "cleanlab_rank": rank_seconds, "cleanlab_find_label_issues": filter_seconds,
-                    "cleanlab_total": fold_train + fold_predict + rank_seconds + filter_seconds},
+                    "cleanlab_folds_predicting": fold_predict, **seconds,
+                    "cleanlab_total": fold_train + fold_predict + seconds["cleanlab_rank"]
+                    + seconds["cleanlab_find_label_issues"]},
         "load_average_at_end": list(os.getloadavg()),
         "runtime": {**l2rw_tf.runtime(), "cleanlab": cleanlab.__version__,
                     "scikit-learn": sys.modules["sklearn"].__version__},
     }
-    write_outputs(FLAGS.out, summary, curve_ks, curves)
-    return summary
+    return summary, curve_ks, curves
 
 
 def markdown(summary):
@@ -406,20 +409,23 @@ def curve_figure(path, summary, curve_ks, curves):
     fig.savefig(path, dpi=110)
 
 
+HELP_ARGS = ("-h", "-?", "--help", "--helpshort", "--helpfull")
+
+
 def entry(argv=None):
     from l2rw_tf import train
     argv = sys.argv if argv is None else argv
-    if any(a in cli.HELP_ARGS for a in argv[1:]):
+    if any(a in HELP_ARGS for a in argv[1:]):
         print(__doc__.strip())
         print(FLAGS.module_help(sys.modules[__name__]))
         sys.exit(0)
     try:
         rest = FLAGS(argv)
         if len(rest) > 1:
-            raise cli.UsageError(f"unexpected arguments {rest[1:]}; all options are --flags")
+            raise UsageError(f"unexpected arguments {rest[1:]}; all options are --flags")
         summary = evaluate()
         print(markdown(summary))
-    except (flags.Error, cli.UsageError) as e:
+    except (flags.Error, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     except (train.Diverged, train.UnreadableCheckpoint) as e:

@@ -65,7 +65,7 @@ def test_the_l2rw_ranking_is_the_one_of_label_issues():
 def test_missing_cleanlab_is_one_line_naming_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "cleanlab", None)
     monkeypatch.setitem(sys.modules, "cleanlab.filter", None)
-    with pytest.raises(cleanlab_eval.cli.UsageError, match=r"pip install -e \"\.\[eval\]\""):
+    with pytest.raises(cleanlab_eval.UsageError, match=r"pip install -e \"\.\[eval\]\""):
         cleanlab_eval.need_cleanlab()
 
 

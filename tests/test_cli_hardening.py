@@ -14,7 +14,7 @@ import pytest
 from absl import flags
 
 from conftest import REPO
-from l2rw_tf import main
+from l2rw_tf import config, main, rundir
 
 FLAGFILE = str(REPO / "configs" / "mnist_imbalance.flags")
 
@@ -114,8 +114,7 @@ def test_the_largest_seeds_are_accepted():
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["l2rw", f"--flagfile={FLAGFILE}", "--seed=4294967294",
                  "--train_seed=4294967295", "--method=hard_mining", "--hard_mining_pool=100"])
-    main.resolve_defaults()
-    main.validate_flags()
+    config.from_flags(flags.FLAGS)
     flags.FLAGS.unparse_flags()
 
 
@@ -308,12 +307,12 @@ def test_a_corrupt_jpeg_adds_no_stray_line(tmp_path, tmp_cache, capfd):
 def test_a_lock_naming_a_live_unrelated_process_says_how_to_clear_it(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    (run / main.LOCK_NAME).write_text("1")  # a lock of an earlier version; process 1 lives
+    (run / rundir.LOCK_NAME).write_text("1")  # a lock of an earlier version; process 1 lives
     line = refused_early([f"--flagfile={FLAGFILE}", f"--logdir={run}"])
     assert line.startswith(f"error: {run} is in use by process 1 (training it now)")
     assert line.endswith(f"if process 1 is not training it (the lock outlived its run), "
-                         f"remove {run / main.LOCK_NAME}")
-    assert os.listdir(run) == [main.LOCK_NAME]
+                         f"remove {run / rundir.LOCK_NAME}")
+    assert os.listdir(run) == [rundir.LOCK_NAME]
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/1/stat"), reason="needs Linux' /proc")
@@ -322,17 +321,17 @@ def test_a_lock_names_its_process_start_so_a_reused_pid_is_not_a_holder(tmp_path
     try:
         run = tmp_path / "run"
         run.mkdir()
-        lock = run / main.LOCK_NAME
-        lock.write_text(f"{other.pid} {main.process_start_time(other.pid)}")
+        lock = run / rundir.LOCK_NAME
+        lock.write_text(f"{other.pid} {rundir.process_start_time(other.pid)}")
         with pytest.raises(main.UsageError, match=f"in use by process {other.pid}"):
-            main.check_lock(str(run))
+            rundir.check_lock(str(run))
         # The same pid, but the lock's writer started at another time: a later process has the
         # pid, the writer is gone.
         lock.write_text(f"{other.pid} 1")
-        main.check_lock(str(run))
-        with main.run_dir_lock(str(run)):
+        rundir.check_lock(str(run))
+        with rundir.run_dir_lock(str(run)):
             pid, start = lock.read_text().split()
-            assert int(pid) == os.getpid() and start == main.process_start_time(os.getpid())
+            assert int(pid) == os.getpid() and start == rundir.process_start_time(os.getpid())
         assert not lock.exists()
     finally:
         other.kill()
@@ -380,8 +379,7 @@ def test_flags_json_records_the_data_directory(straight):
     # Not compared on resume: the data may move.
     flags.FLAGS.unparse_flags()
     flags.FLAGS(run_args(straight, "--data_dir=/elsewhere"))
-    main.resolve_defaults()
-    main.check_run_dir(str(straight))
+    rundir.check_run_dir(str(straight), config.from_flags(flags.FLAGS))
     flags.FLAGS.unparse_flags()
 
 
@@ -409,20 +407,19 @@ def test_cleanlab_eval_reads_the_data_directory_the_run_recorded(tmp_path):
     (run / "example_weights.csv").write_text(
         f"index,label,is_noisy,mean_weight,{ranking.SECONDARY_SCORE}\n0,1,0,1.0,0.5\n")
     try:
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS(["cleanlab_eval", f"--l2rw_run={run}", f"--out={tmp_path / 'out'}"])
-        cleanlab_eval.load_runs()
-        assert flags.FLAGS.data_dir == str(data_dir) and flags.FLAGS.method == "baseline"
+        cleanlab_eval.FLAGS.unparse_flags()
+        cleanlab_eval.FLAGS(["cleanlab_eval", f"--l2rw_run={run}", f"--out={tmp_path / 'out'}"])
+        folds = cleanlab_eval.load_runs().config
+        assert folds.data_dir == str(data_dir) and folds.method == "baseline"
         # Given on cleanlab_eval's own command line, it wins.
         other = tmp_path / "other"
         other.mkdir()
-        flags.FLAGS.unparse_flags()
-        flags.FLAGS(["cleanlab_eval", f"--l2rw_run={run}", f"--out={tmp_path / 'out'}",
-                     f"--data_dir={other}"])
-        cleanlab_eval.load_runs()
-        assert flags.FLAGS.data_dir == str(other)
+        cleanlab_eval.FLAGS.unparse_flags()
+        cleanlab_eval.FLAGS(["cleanlab_eval", f"--l2rw_run={run}", f"--out={tmp_path / 'out'}",
+                             f"--data_dir={other}"])
+        assert cleanlab_eval.load_runs().config.data_dir == str(other)
     finally:
-        flags.FLAGS.unparse_flags()
+        cleanlab_eval.FLAGS.unparse_flags()
 
 
 def test_a_full_disk_during_a_checkpoint_is_one_line_and_the_run_resumes(tmp_path, straight,
@@ -456,7 +453,7 @@ def test_a_full_disk_during_a_checkpoint_is_one_line_and_the_run_resumes(tmp_pat
                             f"there and rerun the same command to resume")
     assert sorted(os.listdir(run / "ckpt")) == [
         "checkpoint", "ckpt-10.data-00000-of-00001", "ckpt-10.index", "ckpt-10.seconds.json"]
-    assert not (run / main.LOCK_NAME).exists() and not (run / "result.json").exists()
+    assert not (run / rundir.LOCK_NAME).exists() and not (run / "result.json").exists()
     main.run(run_args(run))
     same_as(run, straight)
 

@@ -10,7 +10,7 @@ import tensorflow as tf
 from absl import flags
 
 from conftest import REPO
-from l2rw_tf import data, main, train
+from l2rw_tf import config, data, experiment, main, train
 from l2rw_tf.models.lenet import lenet
 
 PAPER = str(REPO / "configs" / "mnist_imbalance.flags")
@@ -142,8 +142,7 @@ def test_the_skip_is_a_no_op_in_distribution_for_the_baseline():
 def parsed(*args):
     flags.FLAGS.unparse_flags()
     flags.FLAGS(["l2rw", *args])
-    main.resolve_defaults()
-    main.validate_flags()
+    return config.from_flags(flags.FLAGS)
 
 
 def test_original_flagfile_is_the_papers_but_for_steps_eval_draws_and_logging():
@@ -162,12 +161,14 @@ def test_original_flagfile_is_the_papers_but_for_steps_eval_draws_and_logging():
 def test_original_eval_draws_wires_the_skip_into_the_training_batches():
     """Same seed, same images: batch 100 (0-based) of the original flagfile's stream is batch
     150 of the paper flagfile's; the clean batches are untouched."""
-    parsed(f"--flagfile={ORIGINAL}")
-    *_, train_ds, clean_ds, _, _ = main.build_experiment()
-    assert flags.FLAGS.original_eval_draws is True
-    parsed(f"--flagfile={PAPER}")
-    *_, plain_ds, plain_clean, _, _ = main.build_experiment()
-    assert flags.FLAGS.original_eval_draws is None  # off: recorded as unset, old runs resume
+    original = parsed(f"--flagfile={ORIGINAL}")
+    built = experiment.build(original)
+    train_ds, clean_ds = built.train_ds, built.clean_ds
+    assert original.original_eval_draws is True
+    paper = parsed(f"--flagfile={PAPER}")
+    built = experiment.build(paper)
+    plain_ds, plain_clean = built.train_ds, built.clean_ds
+    assert config.record(paper)["original_eval_draws"] is None  # off: unset, old runs resume
     ours, plain = indices(train_ds, 101), indices(plain_ds, 151)
     np.testing.assert_array_equal(ours[:100], plain[:100])
     np.testing.assert_array_equal(ours[100], plain[150])

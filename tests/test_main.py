@@ -11,7 +11,7 @@ import pytest
 from absl import flags
 
 from conftest import REPO
-from l2rw_tf import main, train
+from l2rw_tf import config, experiment, main, rundir, train
 
 FLAGFILE = str(REPO / "configs" / "mnist_imbalance.flags")
 
@@ -100,16 +100,17 @@ def test_only_l2rw_run_directories_record_meta_grad(tmp_path):
         run = tmp_path / method
         flags.FLAGS.unparse_flags()
         flags.FLAGS(["l2rw", f"--flagfile={FLAGFILE}", f"--method={method}", "--meta_grad=jvp"])
-        flags_path = main.prepare_run_dir(str(run))
-        train.write_json(flags_path, main.run_flags())
+        run_config = config.from_flags(flags.FLAGS)
+        flags_path = rundir.prepare_run_dir(str(run), run_config)
+        train.write_json(flags_path, config.record(run_config))
         flags.FLAGS.unparse_flags()
         flags.FLAGS(["l2rw", f"--flagfile={FLAGFILE}", f"--method={method}",
                      "--meta_grad=layerwise"])
         if resumes:
-            assert main.prepare_run_dir(str(run)) == flags_path
+            assert rundir.prepare_run_dir(str(run), config.from_flags(flags.FLAGS)) == flags_path
         else:
             with pytest.raises(main.UsageError, match="--meta_grad was 'jvp', now 'layerwise'"):
-                main.prepare_run_dir(str(run))
+                rundir.prepare_run_dir(str(run), config.from_flags(flags.FLAGS))
 
 
 # The second method and the second signal run in the slow pass (.ci/run): the default suite keeps
@@ -150,17 +151,17 @@ def test_a_run_directory_in_use_is_refused_and_a_stale_lock_taken_over(tmp_path)
     run.mkdir()
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (run / main.LOCK_NAME).write_text(str(other.pid))
+        (run / rundir.LOCK_NAME).write_text(str(other.pid))
         with pytest.raises(main.UsageError, match=f"is in use by process {other.pid}"):
             main.run(["l2rw", f"--flagfile={FLAGFILE}", "--num_steps=2", f"--logdir={run}"])
-        assert os.listdir(run) == [main.LOCK_NAME]    # the other process's lock stays
+        assert os.listdir(run) == [rundir.LOCK_NAME]    # the other process's lock stays
     finally:
         other.kill()
         other.wait()
     # Its owner is gone (as after kill -9): the next run takes the directory over and frees it.
     final = main.run(["l2rw", f"--flagfile={FLAGFILE}", "--num_steps=2", "--eval_interval=2",
                       f"--logdir={run}"])
-    assert final["step"] == 2 and not (run / main.LOCK_NAME).exists()
+    assert final["step"] == 2 and not (run / rundir.LOCK_NAME).exists()
 
 
 @pytest.mark.skipif(sys.platform != "linux" or os.uname().machine != "x86_64",
@@ -221,7 +222,7 @@ def test_logdir_that_is_a_file_or_cannot_be_created(tmp_path, monkeypatch):
 
     def read_only(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
-    monkeypatch.setattr(main.tempfile, "mkdtemp", read_only)
+    monkeypatch.setattr(rundir.tempfile, "mkdtemp", read_only)
     with pytest.raises(main.UsageError, match=f"cannot create --logdir={tmp_path}/ro/run: "
                                               f"{tmp_path} is not a writable directory"):
         main.run(["l2rw", f"--flagfile={FLAGFILE}", f"--logdir={tmp_path / 'ro' / 'run'}"])
@@ -258,7 +259,7 @@ def test_a_diverged_run_stops_with_one_line_and_keeps_its_last_good_checkpoint(t
     assert line.startswith("error: training diverged at step ") and "lower --lr" in line, line
     diverged_at = int(line.split("at step ")[1].split(":")[0])
     assert 1 < diverged_at < 200
-    assert not (run / "result.json").exists() and not (run / main.LOCK_NAME).exists()
+    assert not (run / "result.json").exists() and not (run / rundir.LOCK_NAME).exists()
     import tensorflow as tf
     latest = tf.train.latest_checkpoint(str(run / "ckpt"))
     assert latest and int(latest.rsplit("-", 1)[1]) < diverged_at
@@ -335,7 +336,7 @@ def test_a_signal_saves_the_current_step_and_the_resumed_run_is_unchanged(
     assert lines[-1].startswith(f"l2rw_tf: stopped by {signal.Signals(signum).name} after step ")
     assert "Traceback" not in err
     stopped_at = int(lines[-1].split("after step ")[1].split()[0])
-    assert 20 <= stopped_at < 60 and not (run / main.LOCK_NAME).exists()
+    assert 20 <= stopped_at < 60 and not (run / rundir.LOCK_NAME).exists()
     assert (run / "ckpt" / f"ckpt-{stopped_at}.index").exists()
     resumed = cli(*STEPS, "--checkpoint_interval=1000", f"--logdir={run}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -351,11 +352,12 @@ def test_train_seed_redraws_the_weights_and_batches_but_not_the_data():
     def build(*extra):
         flags.FLAGS.unparse_flags()
         flags.FLAGS(["l2rw", f"--flagfile={FLAGFILE}", "--seed=56789", *extra])
-        experiment, preprocess, augment = main.build_data()
-        model, _, train_ds, clean_ds, _ = main.build_training(experiment, preprocess, augment)
+        run_config = config.from_flags(flags.FLAGS)
+        inputs = experiment.build_data(run_config)
+        model, _, train_ds, clean_ds, _ = experiment.build_training(run_config, inputs)
         batch = next(iter(train_ds))
-        return (experiment, [w.numpy() for w in model.weights], batch["index"].numpy(),
-                main.run_flags())
+        return (inputs.data, [w.numpy() for w in model.weights], batch["index"].numpy(),
+                config.record(run_config))
 
     default, same, other = build(), build("--train_seed=56789"), build("--train_seed=1")
     for run in (same, other):  # the data: image for image

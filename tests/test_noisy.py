@@ -12,7 +12,7 @@ import tensorflow as tf
 from absl import flags
 
 from conftest import REPO
-from l2rw_tf import data, main, noise, train
+from l2rw_tf import config, data, main, noise, train
 from l2rw_tf.step import StepConfig, step_gradients
 from l2rw_tf.models import lenet
 
@@ -343,18 +343,17 @@ def test_default_task_is_the_papers_setting_of_the_dataset():
     """`--dataset=cifar10 --noise=uniform --ratio=0.4` alone resolves to Table 1's setting."""
     main.FLAGS.unparse_flags()
     main.FLAGS(["l2rw", "--dataset=cifar10", "--noise=uniform", "--ratio=0.4"])
-    main.resolve_defaults()
-    main.validate_flags()
-    got = {k: getattr(main.FLAGS, k) for k in (
+    run_config = config.from_flags(main.FLAGS)
+    got = {k: getattr(run_config, k) for k in (
         "task", "model", "num_clean", "clean_per_class", "num_steps", "lr", "lr_boundaries",
         "lr_values", "weight_decay", "augment", "num_hyper_val", "batch_size")}
     assert got == {"task": "noisy", "model": "wrn28_10", "num_clean": 1000,
                    "clean_per_class": None, "num_steps": 60000, "lr": 0.1,
-                   "lr_boundaries": [40000, 50000], "lr_values": [0.01, 0.001],
+                   "lr_boundaries": (40000, 50000), "lr_values": (0.01, 0.001),
                    "weight_decay": 1e-4, "augment": True, "num_hyper_val": 5000,
                    "batch_size": 100}
     main.FLAGS.unparse_flags()
     main.FLAGS(["l2rw", "--dataset=cifar100", "--noise=background"])
-    main.resolve_defaults()
-    assert (main.FLAGS.model, main.FLAGS.clean_per_class, main.FLAGS.num_steps,
-            main.FLAGS.lr_boundaries) == ("resnet32", 10, 80000, [40000, 60000])
+    run_config = config.from_flags(main.FLAGS)
+    assert (run_config.model, run_config.clean_per_class, run_config.num_steps,
+            run_config.lr_boundaries) == ("resnet32", 10, 80000, (40000, 60000))

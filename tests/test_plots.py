@@ -34,7 +34,7 @@ def imbalance_flags(method, seed, pos_ratio):
 
 
 def l2rw_only(flags):
-    """As `main.run_flags` records them: --meta_grad only for L2RW runs."""
+    """As `config.record` records them: --meta_grad only for L2RW runs."""
     if flags["method"] != "l2rw":
         del flags["meta_grad"]
     return flags

@@ -17,7 +17,7 @@ import tensorflow_datasets as tfds
 from absl import flags
 
 from conftest import REPO
-from l2rw_tf import data, main
+from l2rw_tf import config, data, main
 
 SIZE = 12  # tiny images, so that the CLI run below costs little more than tracing LeNet
 NUM_CLASSES = 3
@@ -229,8 +229,7 @@ def test_a_tfds_name_passes_the_flag_check():
                  "svhn_cropped/default:3.*.*", "folder:/some/images"):
         main.FLAGS.unparse_flags()
         main.FLAGS(["l2rw", "--task=noisy", f"--dataset={name}", "--model=lenet"])
-        main.resolve_defaults()
-        main.validate_flags()
+        config.from_flags(main.FLAGS)
 
 
 def test_dataset_labels_name_any_tfds_dataset():
