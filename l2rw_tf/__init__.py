@@ -22,7 +22,8 @@ def runtime():
 # checks) stay free of TensorFlow until it is needed.
 _API = {"L2RWModel": "l2rw_tf.fit", "example_weights": "l2rw_tf.reweight",
         "per_example_loss": "l2rw_tf.reweight", "label_issues": "l2rw_tf.ranking",
-        "contact_sheet": "l2rw_tf.ranking"}
+        "contact_sheet": "l2rw_tf.ranking", "RunConfig": "l2rw_tf.config",
+        "launch": "l2rw_tf.launch"}
 __all__ = ["runtime", *_API]
 
 

@@ -52,6 +52,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from l2rw_tf.config import FLAGS_JSON, read_record  # noqa: E402  (flags.json's one reader)
 # The tie-honest ranking (numpy only), shared with l2rw_tf.label_issues.
 from l2rw_tf.ranking import (  # noqa: E402,F401
     SECONDARY_SCORE, expected_hits, flagged, has_secondary_score, precision_at, rank_by_weight,
@@ -137,7 +138,7 @@ def find_runs(root):
     directories are followed (a root may gather experiments kept elsewhere)."""
     found = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        if "flags.json" in filenames:
+        if FLAGS_JSON in filenames:
             found.append(dirpath)
             dirnames[:] = []  # a run directory holds no other runs (ckpt/, tb/)
         dirnames.sort()
@@ -159,8 +160,7 @@ def read_csv(path):
 
 def load_run(run_dir):
     """{"dir", "flags", "metrics" (rows of floats), "result" (None until finished)}."""
-    with open(os.path.join(run_dir, "flags.json")) as f:
-        run_flags = json.load(f)
+    run_flags = read_record(run_dir)
     metrics_path = os.path.join(run_dir, "metrics.csv")
     metrics = []
     if os.path.exists(metrics_path):
@@ -430,8 +430,7 @@ def weight_histogram(run_dir, out_path, bins=40):
                    color=color, label=f"{label} ({int(counts.sum())} examples)")
     ax.set_xlabel("mean weight over training (relative to uniform, 1 = 1/n)")
     ax.set_ylabel("fraction of examples")
-    with open(os.path.join(run_dir, "flags.json")) as f:
-        ax.set_title(f"L2RW weights: {setting_title(json.load(f))}")
+    ax.set_title(f"L2RW weights: {setting_title(read_record(run_dir))}")
     save_figure(fig, out_path)
     return rows
 

@@ -14,6 +14,8 @@ import os
 import statistics
 import sys
 
+from l2rw_tf.config import read_record
+
 METRICS = ("test_accuracy", "train_accuracy", "zero_weight_fraction", "minority_weight_mass",
            "weight_noisy", "weight_clean", "train_seconds")
 
@@ -25,8 +27,7 @@ def load_runs(roots):
             run_dir = os.path.dirname(path)
             with open(path) as f:
                 result = json.load(f)
-            with open(os.path.join(run_dir, "flags.json")) as f:
-                run_flags = json.load(f)
+            run_flags = read_record(run_dir)
             runs.append({"run_dir": run_dir, **run_flags,
                          **{k: result.get(k) for k in METRICS}})
     return runs
