@@ -255,7 +255,8 @@ def run_seed(seed, args, data, build_model, out_dir):
     history = trainer.fit(x, noisy_y, batch_size=args.batch_size, epochs=args.epochs,
                           verbose=args.verbose)
     results["l2rw"] = {"train_seconds": time.perf_counter() - start,
-                       "meta_grad": trainer.meta_grad, "clean_batch_size": clean_batch}
+                       "algorithm": trainer.algorithm, "meta_grad": trainer.meta_grad,
+                       "clean_batch_size": clean_batch}
     histories += _history_rows(history, "l2rw")
     weight_mass = history.history["weight_on_corrupted"][-1]
     models["l2rw"] = model

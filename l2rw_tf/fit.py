@@ -36,6 +36,7 @@ from l2rw_tf.step import StepConfig, step_gradients
 
 # L2RWModel's algorithms: the StepConfig fields each sets (see the `algorithm` argument).
 ALGORITHMS = {"select": {"meta_dropout": False, "weighting": "equal"},
+              "calibrated": {"meta_dropout": False, "weighting": "calibrated"},
               "paper": {"meta_dropout": True, "weighting": "proportional"}}
 
 
@@ -397,6 +398,17 @@ class StopOnNonFinite(keras.callbacks.Callback):
                 f"L2RWModel(..., stop_on_nan=False) trains on regardless")
 
 
+def with_input_shape(model, x):
+    """`x` with the shape of `model`'s one input where the pipeline lost it: a `tf.py_function`
+    in a tf.data map leaves a tensor of unknown rank, which Keras layers refuse. Anything else
+    as it is (the model's own call checks it)."""
+    inputs = getattr(model, "inputs", None)
+    if (isinstance(x, tf.Tensor) and x.shape.rank is None and inputs is not None
+            and len(inputs) == 1):
+        return tf.ensure_shape(x, inputs[0].shape)
+    return x
+
+
 def default_clean_batch_size(clean_size, noisy_batch_size=None):
     """Clean examples per step unless given: the noisy batch size (32 if fit is not told), but
     at least 100, as in every step of the paper's experiments, and at most the clean set. Why at
@@ -420,16 +432,21 @@ class L2RWModel(keras.Model):
         clean_batch_size: clean examples per step (default `default_clean_batch_size`: the
         noisy batch size but at least 100, as the paper's steps; the whole clean set if smaller).
     meta_grad: "auto" (the fastest exact method for the model), "layerwise", "jvp" or "lookahead".
-    algorithm: "select" (default) or "paper" (`ALGORITHMS`). "paper" is Algorithm 1 as the paper
-        and the original code run it: dropout active in the meta passes, and each example of
-        positive alignment weighted in proportion to it. "select" makes two changes, both
+    algorithm: "calibrated" (default), "select" or "paper" (`ALGORITHMS`). "paper" is Algorithm 1
+        as the paper and the original code run it: dropout active in the meta passes, and each
+        example of positive alignment weighted in proportion to it. "select" makes two changes,
         measured in results/stability/README.md: the meta passes run without dropout (every
         Dropout / SpatialDropout / AlphaDropout / GaussianDropout / GaussianNoise layer silent,
         BatchNorm still on batch statistics; the weighted step keeps the model's dropout), and
         every example of positive alignment gets the same weight, so the clean set selects the
         examples the step takes and plain training's mean gradient over them is the step. On a
         BatchNorm + dropout CNN under 40% uniform noise, "paper" ended 40-56 points below plain
-        training on a validation split, "select" within 0.4 points of it.
+        training on a validation split, "select" within 0.4 points of it. But on clean labels
+        "select" still drops the hard correct examples (a fifth of the batch) and ends about a
+        point below plain training. "calibrated" drops only as many examples as the batch
+        disagrees with the clean set more often than correct examples do (calibrated.py): on
+        clean labels almost none (results/clean_labels/README.md). It costs two more meta passes
+        per step than "select".
     include_regularization: the model's regularisation losses (weight decay) in the clean meta
         loss, as the original CIFAR code.
     num_examples: the number of training examples, to keep per-example statistics of a fit on a
@@ -490,7 +507,7 @@ class L2RWModel(keras.Model):
 
     def __init__(self, model, clean_data, clean_batch_size=None, meta_grad="auto",
                  include_regularization=True, weight_on=None, seed=0, num_examples=None,
-                 algorithm="select", stop_on_nan=True, **kwargs):
+                 algorithm="calibrated", stop_on_nan=True, **kwargs):
         if keras.backend.backend() not in ("tensorflow", "jax"):
             raise ValueError(f"L2RWModel needs the TensorFlow or JAX backend of Keras, not "
                              f"{keras.backend.backend()!r}: set KERAS_BACKEND=tensorflow")
@@ -681,6 +698,10 @@ class L2RWModel(keras.Model):
                  else default_clean_batch_size(size, noisy_batch_size))
         if not 0 < batch <= size:
             raise ValueError(f"clean_batch_size={batch} must be in [1, {size}] (the clean set)")
+        if batch < 2 and ALGORITHMS[self.algorithm]["weighting"] == "calibrated":
+            raise ValueError(f"clean_batch_size={batch}: algorithm={self.algorithm!r} splits every "
+                             f"clean batch in two halves; give at least 2 clean examples per "
+                             f"step, or algorithm='select'")
         self._clean_batch = batch
 
         def endless(key):
@@ -858,6 +879,12 @@ class L2RWModel(keras.Model):
         if replicas > 1 and self._clean_batch % replicas:
             raise ValueError(f"the clean batch of {self._clean_batch} does not split evenly over "
                              f"{replicas} replicas: give a clean_batch_size divisible by them")
+        if (replicas > 1 and self._clean_batch < 2 * replicas
+                and ALGORITHMS[self.algorithm]["weighting"] == "calibrated"):
+            raise ValueError(f"the clean batch of {self._clean_batch} leaves fewer than 2 examples "
+                             f"per replica for algorithm={self.algorithm!r}'s two halves: give a "
+                             f"clean_batch_size of at least {2 * replicas}")
+        x, clean_x = (with_input_shape(self.model, t) for t in (x, clean_x))
         # The step of step.py, the command line's, on the compiled loss per example.
         config = StepConfig(method="l2rw", meta_grad=self.meta_grad,
                             clean_weight_decay=self.include_regularization,

@@ -21,12 +21,13 @@ Methods (`STEPS`, whose keys are the CLI's `--method` choices):
 * `random`: w̃ = max(N(0, 1), 0), normalised; `ratio`: the original's proportion weighting;
   `weighted`: the BackgroundFlip class down-weighted; `hard_mining`: hard positive mining.
 """
+import contextlib
 import dataclasses
 
 import numpy as np
 import tensorflow as tf
 
-from l2rw_tf import choices, distribute, reweight
+from l2rw_tf import calibrated, choices, distribute, reweight
 from l2rw_tf.reweight import StepGradients, per_example_loss
 
 
@@ -44,27 +45,25 @@ class StepConfig:
     # original code; False: the weights from the meta passes without it, the step with it
     # (L2RWModel's default, results/stability/README.md).
     meta_dropout: bool = True
-    # l2rw: how the clipped alignments become weights (reweight.WEIGHTINGS): "proportional", the
-    # paper's, or "equal" on every example of positive alignment (L2RWModel's default).
+    # l2rw: how the alignments become weights: "proportional", the paper's, or "equal" on every
+    # example of positive alignment (reweight.WEIGHTINGS), or "calibrated": equal weights, but
+    # only as many examples dropped as the noise explains (calibrated.py).
     weighting: str = "proportional"
 
 
 def l2rw_step(model, config, noisy, clean, rng, loss_fn, loss_scale=None):
     """The L2RW step: fused, one noisy forward pass gives the weights and the weighted step;
-    unfused (benchmarks), `reweight.example_weights` and then the weighted step. Without
+    unfused (benchmarks, and the calibrated weights), `example_weights` and then the weighted
+    step. Without
     `meta_dropout`, on a model with dropout: the weights from meta passes without dropout
     (`reweight.noise_off`), then the weighted step's own forward pass, with its dropout; on a
     model without, the same as with it."""
-    if not config.meta_dropout and reweight.noise_layers(model):
-        with reweight.noise_off(model):
-            weights = reweight.example_weights(model, noisy, clean, config.meta_grad,
-                                               config.clean_weight_decay, loss_fn, loss_scale,
-                                               config.weighting)
-        return weighted_step(model, weights, noisy, loss_fn, loss_scale)
-    if not config.fused:
-        weights = reweight.example_weights(model, noisy, clean, config.meta_grad,
-                                           config.clean_weight_decay, loss_fn, loss_scale,
-                                           config.weighting)
+    if config.weighting == "calibrated" or not config.fused or (
+            not config.meta_dropout and reweight.noise_layers(model)):
+        meta_passes = (reweight.noise_off(model) if not config.meta_dropout
+                       else contextlib.nullcontext())
+        with meta_passes:
+            weights = example_weights(model, config, noisy, clean, loss_fn, loss_scale)
         return weighted_step(model, weights, noisy, loss_fn, loss_scale)
     result = reweight.FUSED_STEPS[config.meta_grad](model, noisy, clean,
                                                     config.clean_weight_decay, loss_fn=loss_fn,
@@ -74,6 +73,17 @@ def l2rw_step(model, config, noisy, clean, rng, loss_fn, loss_scale=None):
         for variable, value in zip(model.non_trainable_variables, result.non_trainable):
             variable.assign(value)
     return result
+
+
+def example_weights(model, config, noisy, clean, loss_fn=per_example_loss, loss_scale=None):
+    """The L2RW weights of the noisy batch by `config.weighting`: calibrated.py's, or
+    reweight.py's from the clipped alignments."""
+    if config.weighting == "calibrated":
+        return calibrated.example_weights(model, noisy, clean, config.meta_grad,
+                                          config.clean_weight_decay, loss_fn, loss_scale)
+    return reweight.example_weights(model, noisy, clean, config.meta_grad,
+                                    config.clean_weight_decay, loss_fn, loss_scale,
+                                    config.weighting)
 
 
 def weighted_step(model, weights, noisy, loss_fn=per_example_loss, loss_scale=None):

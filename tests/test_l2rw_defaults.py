@@ -99,15 +99,18 @@ def fit_weights(algorithm, rate=0.5, steps=3):
     return [w.copy() for w in model.get_weights()], trainer
 
 
-def test_fit_defaults_to_select_and_takes_the_paper_one_argument_away():
-    """The default ("select") steps as StepConfig(meta_dropout=False, weighting="equal"), and
-    algorithm="paper" as the command line's StepConfig defaults (the paper's Algorithm 1)."""
-    assert L2RWModel(cnn(0.5), None).algorithm == "select"
+def test_fit_defaults_to_calibrated_and_takes_the_paper_one_argument_away():
+    """The default ("calibrated") steps as StepConfig(meta_dropout=False,
+    weighting="calibrated"), "select" and "paper" are one argument away, "paper" as the command
+    line's StepConfig defaults (the paper's Algorithm 1)."""
+    assert L2RWModel(cnn(0.5), None).algorithm == "calibrated"
     assert StepConfig().meta_dropout and StepConfig().weighting == "proportional"
-    select, trainer = fit_weights("select")
+    calibrated, trainer = fit_weights("calibrated")
+    select, _ = fit_weights("select")
     paper, _ = fit_weights("paper")
-    assert max(np.max(np.abs(a - b)) for a, b in zip(select, paper)) > 1e-4
-    assert L2RWModel.from_config(trainer.get_config()).algorithm == "select"
+    for other in (select, paper):
+        assert max(np.max(np.abs(a - b)) for a, b in zip(calibrated, other)) > 1e-4
+    assert L2RWModel.from_config(trainer.get_config()).algorithm == "calibrated"
     with pytest.raises(ValueError, match="algorithm"):
         L2RWModel(cnn(0), None, algorithm="fast")
 
