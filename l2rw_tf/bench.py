@@ -5,6 +5,7 @@
     python -m l2rw_tf.bench --quick                          # a smoke test
     python -m l2rw_tf.bench --output=results/bench/bench.json
     python -m l2rw_tf.bench --models=lenet,mlp --fit --nomemory   # also Keras fit's steps
+    python -m l2rw_tf.bench --models=lenet,mlp --backends=tensorflow,jax --nomemory
 
 Time: every step variant trains its own copy of the model on fixed random batches (no input
 pipeline), and the variants are timed interleaved, round after round, so that machine load affects
@@ -33,6 +34,16 @@ the other variants: each is the model's `train_function` called on an iterator o
 batches, as `fit` calls it every step (the Python loop around it, callbacks, is not timed). The
 row's `fit` entry compares fit_l2rw / fit_baseline with the CLI step's ratio of the same method
 (`l2rw_<method>` / `baseline`): the fit path's overhead is their difference.
+
+Backends (`--backends`): a process has one Keras backend, so each backend other than TensorFlow
+runs in a subprocess of its own (KERAS_BACKEND=jax), its variants timed interleaved there, and
+its rows carry its name. An absolute time is not comparable across backends, a ratio to the
+plain step of the same backend is (`backend_ratios`, printed as a table of its own). On JAX
+every variant is a step of Keras' `fit`, the compiled model's `train_function` on its own state
+(jax_step.py): `baseline` the plain model's, `l2rw_<method>` L2RWModel's with that meta-gradient
+and algorithm="paper" (dropout in the meta passes, proportional weights: the CLI steps' config;
+layerwise is the jvp step there), and the floor the plain step on n + m examples. Memory and the
+weights' agreement are TensorFlow's only.
 
 Floor: `baseline_n+m` is the baseline step on the noisy and clean images together (n + m of them),
 timed with the others. Every exact L2RW step runs a forward and a backward pass over those n + m
@@ -70,9 +81,14 @@ def define_flags():
     flags.DEFINE_bool("fit", False, "Also time the Keras fit path: fit_l2rw (L2RWModel's "
                       "train_step under Model.fit's tf.function) and fit_baseline (the same "
                       "model's plain Model.fit step).")
+    flags.DEFINE_list("backends", ["tensorflow"], "Keras backends to time (tensorflow, jax): "
+                      "each other than TensorFlow in a subprocess of its own (see the module "
+                      "docstring).")
     flags.DEFINE_string("output", None, "Write the results as JSON here.")
     flags.DEFINE_string("probe", None, "Internal: MODEL,M,VARIANT: print the memory of one "
                         "variant.")
+    flags.DEFINE_bool("backend_probe", False, "Internal: time this process' Keras backend "
+                      "(KERAS_BACKEND) and print its rows as JSON.")
 
 
 # name -> (builder name, builder kwargs, input shape, classes). wrn28_2 is WRN-28 at width 2
@@ -138,7 +154,10 @@ def make_fit_steps(make_model, noisy, clean):
     baseline = make_model()
     baseline.compile(optimizer=train.TF1Momentum(1e-3), loss=loss)
     baseline.fit(x, y, batch_size=n, epochs=1, shuffle=False, verbose=0)
-    trainer = L2RWModel(make_model(), clean_data=(cx, cy), clean_batch_size=m)
+    # The CLI steps' algorithm (dropout in the meta passes, proportional weights), which the
+    # row's fit entry compares with.
+    trainer = L2RWModel(make_model(), clean_data=(cx, cy), clean_batch_size=m,
+                        algorithm="paper")
     trainer.compile(optimizer=train.TF1Momentum(1e-3), loss=loss)
     trainer.fit(x.numpy(), y.numpy(), batch_size=n, epochs=1, shuffle=False, verbose=0)
     # The elements fit's datasets give: (x, y) for Keras; for L2RWModel the noisy batch with its
@@ -149,6 +168,123 @@ def make_fit_steps(make_model, noisy, clean):
     steps = {"fit_baseline": lambda noisy, clean: baseline.train_function(plain),
              "fit_l2rw": lambda noisy, clean: trainer.train_function(zipped)}
     return steps, trainer.meta_grad
+
+
+def make_jax_fit_steps(make_model, noisy, clean, meta_grads):
+    """On the JAX backend: {"baseline": the plain model's fit step, "l2rw_<method>": L2RWModel's
+    (algorithm="paper") with that meta-gradient, FLOOR: the plain step on the n + m examples},
+    each one call of the compiled model's `train_function` on the fixed batch, carrying its own
+    state (trainable, non-trainable, optimizer and metric values) from call to call as `fit`
+    does, and waiting for the result. A one-step `fit` first builds everything."""
+    import itertools
+
+    import jax
+    import keras
+    import numpy as np
+    from l2rw_tf.fit import L2RWModel
+    x, y, cx, cy = (np.asarray(t) for t in (noisy["image"], noisy["label"], clean["image"],
+                                            clean["label"]))
+    n, m = len(y), len(cy)
+
+    binary = make_model().output_shape[-1] == 1  # LeNet's binary task: one logit
+
+    def labels(y):
+        return y.reshape(-1, 1).astype(np.float32) if binary else y
+
+    def compiled(model):
+        loss = (keras.losses.BinaryCrossentropy(from_logits=True) if binary
+                else keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.compile(optimizer=keras.optimizers.SGD(1e-3, momentum=0.9), loss=loss)
+        return model
+
+    def step(model, data):
+        state = [model._get_jax_state(  # noqa: SLF001
+            trainable_variables=True, non_trainable_variables=True, optimizer_variables=True,
+            metrics_variables=True)]
+        batches = itertools.repeat(jax.device_put(data))
+
+        def one_step(noisy, clean):
+            logs, state[0] = model.train_function(state[0], batches)
+            jax.block_until_ready(state[0])
+
+        return one_step
+
+    steps = {}
+    for name, (xs, ys) in {"baseline": (x, y),
+                           FLOOR: (np.concatenate([x, cx]), np.concatenate([y, cy]))}.items():
+        plain = compiled(make_model())
+        plain.fit(xs, labels(ys), batch_size=len(ys), epochs=1, shuffle=False, verbose=0)
+        steps[name] = step(plain, (xs, labels(ys)))
+    for meta_grad in meta_grads:
+        if meta_grad == "layerwise":  # the jvp step on JAX
+            continue
+        trainer = compiled(L2RWModel(make_model(), clean_data=(cx, labels(cy)),
+                                     clean_batch_size=m, meta_grad=meta_grad,
+                                     algorithm="paper"))
+        trainer.fit(x, labels(y), batch_size=n, epochs=1, shuffle=False, verbose=0)
+        steps[f"l2rw_{meta_grad}"] = step(trainer, (
+            (x, labels(y), np.ones(n, np.float32), np.arange(n, dtype=np.int64)),
+            (cx, labels(cy))))
+    return steps
+
+
+def bench_model_jax(model_name, n, clean_sizes, meta_grads, rounds, steps):
+    """The rows of `bench_model` on the JAX backend (this process' must be JAX): the fit steps
+    of `make_jax_fit_steps`, timed interleaved."""
+    rows = []
+    for m in clean_sizes:
+        make_model, noisy, clean = build(model_name, n, m)
+        ms = time_variants(make_jax_fit_steps(make_model, noisy, clean, meta_grads), noisy,
+                           clean, rounds, steps)
+        rows.append({"backend": "jax", "model": model_name, "n": n, "m": m, "ms_per_step": ms,
+                     "ratio_to_baseline": {k: v / ms["baseline"] for k, v in ms.items()},
+                     "weights_relative_error": {}})
+    return rows
+
+
+def other_backend_rows(backend, model_names, n, clean_sizes, meta_grads, rounds, steps):
+    """`bench_model_jax`'s rows from a subprocess under KERAS_BACKEND=`backend`."""
+    if backend != "jax":
+        raise ValueError(f"unknown backend {backend!r}: choose tensorflow or jax")
+    command = [sys.executable, "-m", "l2rw_tf.bench", "--backend_probe",
+               f"--models={','.join(model_names)}", f"--batch_size={n}",
+               f"--clean_batch_sizes={','.join(map(str, clean_sizes))}",
+               f"--meta_grads={','.join(meta_grads)}", f"--rounds={rounds}", f"--steps={steps}"]
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise RuntimeError(f"the {backend} benchmark failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def backend_ratios(rows):
+    """Per model, n, m and backend: the L2RW step with the model's `auto` meta-gradient (on JAX:
+    jvp, which `auto` gives there for every model but recurrent ones) over the plain step, and
+    the floor's ratio."""
+    from l2rw_tf import fit
+    table = []
+    for r in rows:
+        backend = r.get("backend", "tensorflow")
+        meta_grad = (fit.choose_meta_grad(build(r["model"], 1, 1)[0]())
+                     if backend == "tensorflow" else "jvp")
+        variant = f"l2rw_{meta_grad}"
+        table.append({"model": r["model"], "n": r["n"], "m": r["m"], "backend": backend,
+                      "variant": variant, "ratio": r["ratio_to_baseline"].get(variant),
+                      "floor": r["ratio_to_baseline"].get(FLOOR)})
+    return table
+
+
+def format_backend_ratios(table):
+    lines = ["L2RW step / plain step, each backend's own ("
+             "TensorFlow: the CLI steps; JAX: fit's train_function)",
+             f"{'model':<10}{'n':>5}{'m':>5}  {'backend':<12}{'variant':<18}{'ratio':>8}"
+             f"{'floor':>8}"]
+    for t in table:
+        ratio = "-" if t["ratio"] is None else f"{t['ratio']:.2f}x"
+        floor = "-" if t["floor"] is None else f"{t['floor']:.2f}x"
+        lines.append(f"{t['model']:<10}{t['n']:>5}{t['m']:>5}  {t['backend']:<12}"
+                     f"{t['variant']:<18}{ratio:>8}{floor:>8}")
+    return "\n".join(lines)
 
 
 def fit_overhead(ms, meta_grad):
@@ -295,7 +431,7 @@ def bench_model(model_name, n, clean_sizes, meta_grads, rounds, steps, memory=Fa
             fit_steps, fit_meta_grad = make_fit_steps(make_model, noisy, clean)
             step_fns.update(fit_steps)
         ms = time_variants(step_fns, noisy, clean, rounds, steps)
-        row = {"model": model_name, "n": n, "m": m, "ms_per_step": ms,
+        row = {"backend": "tensorflow", "model": model_name, "n": n, "m": m, "ms_per_step": ms,
                "ratio_to_baseline": {k: v / ms["baseline"] for k, v in ms.items()},
                "weights_relative_error": weight_agreement(make_model, noisy, clean, meta_grads)}
         if fit:
@@ -326,19 +462,21 @@ def machine():
 def format_table(rows):
     variants = list(dict.fromkeys(v for r in rows for v in r["ms_per_step"]))
     width = max(22, *(len(v) + 2 for v in variants))
-    header = (f"{'model':<10}{'n':>5}{'m':>5}  " + "".join(v.rjust(width) for v in variants)
-              + "   weights rel. err")
+    header = (f"{'model':<10}{'n':>5}{'m':>5}  {'backend':<12}"
+              + "".join(v.rjust(width) for v in variants) + "   weights rel. err")
     rule = "-" * len(header)
 
     def table_rows(cell, table, tail=lambda r: ""):
-        """A line per benchmark row: `cell(row, variant)` per variant ("-" where it is missing)."""
-        return [f"{r['model']:<10}{r['n']:>5}{r['m']:>5}  "
+        """A line per benchmark row that has `table`: `cell(row, variant)` per variant ("-"
+        where it is missing)."""
+        return [f"{r['model']:<10}{r['n']:>5}{r['m']:>5}  {r.get('backend', 'tensorflow'):<12}"
                 + "".join((cell(r, v) if v in r[table] else "-").rjust(width) for v in variants)
-                + tail(r) for r in rows]
+                + tail(r) for r in rows if table in r]
 
     lines = [header, rule] + table_rows(
         lambda r, v: f"{r['ms_per_step'][v]:.2f} ms ({r['ratio_to_baseline'][v]:4.2f}x)",
-        "ms_per_step", tail=lambda r: f"   {max(r['weights_relative_error'].values()):.1e}")
+        "ms_per_step", tail=lambda r: f"   {max(r['weights_relative_error'].values()):.1e}"
+        if r["weights_relative_error"] else "   -")
     fit_rows = [r for r in rows if "fit" in r]
     if fit_rows:
         lines += ["", "fit path: fit_l2rw / fit_baseline (Keras Model.fit's train_function) "
@@ -349,16 +487,18 @@ def format_table(rows):
             overhead = "-" if f["overhead"] is None else f"{f['overhead']:+.2f}"
             lines.append(f"{r['model']:<10}{r['n']:>5}{r['m']:>5}  fit {f['fit_ratio']:.2f}x   "
                          f"CLI {cli} ({f['cli_variant']})   fit - CLI {overhead}")
-    if all("memory" in r for r in rows):
+    if len({r.get("backend", "tensorflow") for r in rows}) > 1:
+        lines += ["", format_backend_ratios(backend_ratios(rows))]
+    if any("memory" in r for r in rows):  # TensorFlow's rows
         lines += ["", "step memory: peak RSS during steps minus RSS before them, MB "
                   "(ratio to baseline); [peak RSS MB]", rule] + table_rows(
             lambda r, v: f"{r['memory'][v]['step_mb']:.0f} ({r['step_memory_ratio'][v]:4.2f}x) "
                          f"[{r['memory'][v]['peak_mb']:5.0f}]", "memory")
-    if all("tensor_memory_ratio" in r for r in rows):
+    if any("tensor_memory_ratio" in r for r in rows):
         lines += ["", "step memory: peak bytes of live tensors during steps minus those before "
                   "them, MB (ratio to baseline)", rule] + table_rows(
             lambda r, v: f"{r['memory'][v]['tensor_step_mb']:.0f} "
-                         f"({r['tensor_memory_ratio'][v]:4.2f}x)", "memory")
+                         f"({r['tensor_memory_ratio'][v]:4.2f}x)", "tensor_memory_ratio")
     return "\n".join(lines)
 
 
@@ -374,12 +514,23 @@ def main(argv):
         raise app.UsageError(f"unknown model {unknown[0]}: choose from {', '.join(BENCH_MODELS)}")
     model_names = ["lenet"] if FLAGS.quick else FLAGS.models
     rounds, steps = (2, 2) if FLAGS.quick else (FLAGS.rounds, FLAGS.steps)
+    clean_sizes = [int(m) for m in FLAGS.clean_batch_sizes]
+    if FLAGS.backend_probe:  # in a subprocess of `other_backend_rows`
+        print(json.dumps([row for model_name in model_names for row in bench_model_jax(
+            model_name, FLAGS.batch_size, clean_sizes, FLAGS.meta_grads, rounds, steps)]))
+        return
+    unknown = [b for b in FLAGS.backends if b not in ("tensorflow", "jax")]
+    if unknown:
+        raise app.UsageError(f"unknown backend {unknown[0]}: choose tensorflow or jax")
     rows = []
-    for model_name in model_names:
-        rows += bench_model(model_name, FLAGS.batch_size,
-                            [int(m) for m in FLAGS.clean_batch_sizes], FLAGS.meta_grads,
+    for model_name in model_names if "tensorflow" in FLAGS.backends else []:
+        rows += bench_model(model_name, FLAGS.batch_size, clean_sizes, FLAGS.meta_grads,
                             rounds, steps, memory=FLAGS.memory, fit=FLAGS.fit)
-        print(format_table(rows[-len(FLAGS.clean_batch_sizes):]), flush=True)  # progress
+        print(format_table(rows[-len(clean_sizes):]), flush=True)  # progress
+    for backend in FLAGS.backends:
+        if backend != "tensorflow":
+            rows += other_backend_rows(backend, model_names, FLAGS.batch_size, clean_sizes,
+                                       FLAGS.meta_grads, rounds, steps)
     result = {"machine": machine(), "rounds": rounds, "steps_per_round": steps, "rows": rows}
     print()
     print(format_table(rows))

@@ -16,11 +16,14 @@ values, (trainable, non-trainable, optimizer, metrics), and returns them updated
   (`lookahead`).
 * Without `meta_dropout` the meta passes are traced inside `reweight.noise_off` (the same context
   manager the TensorFlow step uses, read when the step is traced).
-* The weights: `reweight.WEIGHTINGS` (in keras.ops, for both backends), then the gradient of
+* The weights: `reweight.WEIGHTINGS` (in keras.ops, for both backends), or, for the
+  "calibrated" weighting, calibrated.weights_from_alignments (keras.ops too) from four
+  alignments (the noisy batch against each half of the clean batch, each half against the
+  other: `calibrated_weights`, as calibrated.example_weights), then the gradient of
   Σ w_i C_i + regularisation through the real step's forward pass (from the model's own state:
   BatchNorm statistics and seed states advance as on TensorFlow), and
   `optimizer.stateless_apply`. When the noisy meta pass is the real step's (`jvp` with
-  `meta_dropout`, or a model without noise layers) the two share one pass, as
+  `meta_dropout`, or a model without noise layers; not "calibrated") the two share one pass, as
   `reweight.fused_l2rw_gradients` does: `jax.linearize` of the noisy pass gives the alignments
   (the linear map along the clean gradient) and, through `jax.linear_transpose`, the weighted
   gradient (on LeNet, batch 100, m = 100, CPU: the L2RW step / plain step ratio went from 4.5 to
@@ -30,8 +33,18 @@ values, (trainable, non-trainable, optimizer, metrics), and returns them updated
 
 `stop_on_nan`: a step that is not finite is undone in the step (its values selected away) and
 its number handed to the host (`jax.debug.callback`) for fit's StopOnNonFinite to raise.
-Not on JAX yet: a LossScaleOptimizer (mixed_float16, refused) and `keras.distribution` (one
-device).
+
+Mixed precision: under mixed_float16 `compile` wraps the optimizer in a LossScaleOptimizer; the
+step multiplies what it differentiates by its current scale as the TensorFlow step does
+(precision.py, reweight.py), and the optimizer's `stateless_apply` unscales the gradients or skips
+a step whose gradients overflowed (halving the scale); such a step counts in no weight statistic.
+
+`keras.distribution.DataParallel` (e.g. over 2 CPU devices, XLA_FLAGS=
+--xla_force_host_platform_device_count=2): Keras' JAX trainer shards each batch, noisy and clean,
+along the devices and compiles this same step for the global batch (GSPMD), so every sum, mean and
+normalisation is the global batch's, BatchNorm's statistics included: the one-device step, with no
+reduction written here (TensorFlow's needs distribute.py's). The clean batch must split evenly
+over the devices, as under tf.distribute.
 """
 import contextlib
 import functools
@@ -42,7 +55,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from l2rw_tf import reweight
+from l2rw_tf import precision, reweight
 
 
 def install(trainer):
@@ -98,15 +111,20 @@ def _sum(values):
 
 
 def l2rw_gradients(model, trainable, non_trainable, noisy, clean, loss_fn, meta_grad="jvp",
-                   include_regularization=True, meta_dropout=False, weighting="proportional"):
+                   include_regularization=True, meta_dropout=False, weighting="proportional",
+                   loss_scale=None):
     """One L2RW step of `model` at the values (trainable, non_trainable), in the order of
     `model.trainable_variables` / `model.non_trainable_variables`. Returns (gradients,
     example weights, per-example losses, loss, updated non-trainable values, outputs), as
-    reweight.StepGradients holds them on TensorFlow."""
-    x, y, sample_weight = reweight.unpack(noisy)
-    clean_x, clean_y = clean[:2]
+    reweight.StepGradients holds them on TensorFlow. `loss_scale` (a scalar, or None for none):
+    everything differentiated is multiplied by it, as in reweight.py (the clean meta loss, whose
+    gradient is divided by it again as the jvp direction, `tangent_direction`; the look-ahead's
+    ε-weighted loss, with the step 1/S; the weighted objective), so the gradients come out times
+    S and the weights and losses as without it."""
+    scale = 1.0 if loss_scale is None else loss_scale
 
-    def noisy_pass(params):
+    def batch_pass(params, batch):  # a training-mode pass from the model's own state
+        x, y, sample_weight = reweight.unpack(batch)
         outputs, new_non_trainable, reg_losses = model.stateless_call(
             params, non_trainable, x, training=True, return_losses=True)
         losses = loss_fn(y, outputs)
@@ -114,20 +132,39 @@ def l2rw_gradients(model, trainable, non_trainable, noisy, clean, loss_fn, meta_
             losses = losses * ops.cast(sample_weight, losses.dtype)
         return losses, (outputs, new_non_trainable, reg_losses)
 
-    def clean_meta_loss(params):
+    def noisy_pass(params):
+        return batch_pass(params, noisy)
+
+    def clean_meta_loss(params, against):
         outputs, _, reg_losses = model.stateless_call(
-            params, clean_pass_values(model, non_trainable), clean_x, training=True,
+            params, clean_pass_values(model, non_trainable), against[0], training=True,
             return_losses=True)
-        loss = ops.mean(loss_fn(clean_y, outputs))
+        loss = ops.mean(loss_fn(against[1], outputs))
         if include_regularization and reg_losses:
             loss = loss + _sum(reg_losses)
-        return loss
+        return loss * ops.cast(scale, loss.dtype)
 
-    def noisy_losses(params):
-        return noisy_pass(params)[0]
+    def tangent_direction(against):  # ∇θ l_g: of the scaled clean loss, unscaled
+        grads = jax.grad(clean_meta_loss)(trainable, against)
+        return [g / ops.cast(scale, g.dtype) for g in grads]
+
+    def alignment(batch, against):
+        """The alignments of `batch`'s examples with the clean batch `against` (reweight.py's
+        ALIGNMENTS: `lookahead`, or `jvp` for `jvp` and `layerwise`)."""
+        def losses_of(params):
+            return batch_pass(params, batch)[0]
+
+        if meta_grad == "lookahead":
+            def lookahead_loss(eps):  # α = 1: the step is 1/S of the scaled loss's gradient
+                step = jax.grad(lambda p: jnp.sum(eps * losses_of(p)) * scale)(trainable)
+                return clean_meta_loss([p - g / ops.cast(scale, g.dtype)
+                                        for p, g in zip(trainable, step)], against)
+
+            return -jax.grad(lookahead_loss)(jnp.zeros_like(losses_of(trainable)))
+        return jax.jvp(losses_of, (trainable,), (tangent_direction(against),))[1]
 
     silent = not meta_dropout and reweight.noise_layers(model)
-    if meta_grad != "lookahead" and not silent:
+    if weighting != "calibrated" and meta_grad != "lookahead" and not silent:
         # Fused, as reweight.fused_l2rw_gradients: the noisy meta pass is the real step's, so one
         # linearised noisy pass gives the alignments (the linear map along the clean gradient)
         # and, transposed, the gradient of Σ w_i C_i + regularisation.
@@ -136,38 +173,46 @@ def l2rw_gradients(model, trainable, non_trainable, noisy, clean, loss_fn, meta_
             regularization = _sum(reg_losses) if reg_losses else jnp.zeros((), losses.dtype)
             return (losses, regularization), (outputs, new_non_trainable)
 
-        direction = jax.grad(clean_meta_loss)(trainable)
+        direction = tangent_direction(clean)
         (losses, regularization), linear, (outputs, new_non_trainable) = jax.linearize(
             noisy_objectives, trainable, has_aux=True)
         weights = jax.lax.stop_gradient(reweight.WEIGHTINGS[weighting](linear(direction)[0]))
         cast_weights = ops.cast(weights, losses.dtype)
         (grads,) = jax.linear_transpose(linear, trainable)(
-            (cast_weights, jnp.ones_like(regularization)))
+            (cast_weights * ops.cast(scale, losses.dtype),
+             jnp.full_like(regularization, scale)))
         loss = jnp.sum(cast_weights * losses) + regularization
         return grads, weights, losses, loss, new_non_trainable, outputs
     with reweight.noise_off(model) if silent else contextlib.nullcontext():
-        if meta_grad == "lookahead":
-            def lookahead_loss(eps):
-                step = jax.grad(lambda p: jnp.sum(eps * noisy_losses(p)))(trainable)
-                return clean_meta_loss([p - g for p, g in zip(trainable, step)])
-
-            losses = noisy_losses(trainable)
-            alignment = -jax.grad(lookahead_loss)(jnp.zeros_like(losses))
-        else:  # jvp (and layerwise, the same inner products)
-            direction = jax.grad(clean_meta_loss)(trainable)
-            _, alignment = jax.jvp(noisy_losses, (trainable,), (direction,))
-    weights = jax.lax.stop_gradient(reweight.WEIGHTINGS[weighting](alignment))
+        if weighting == "calibrated":
+            weights = calibrated_weights(alignment, noisy, clean)
+        else:
+            weights = reweight.WEIGHTINGS[weighting](alignment(noisy, clean))
+    weights = jax.lax.stop_gradient(weights)
 
     def objective(params):
         losses, (outputs, new_non_trainable, reg_losses) = noisy_pass(params)
         loss = jnp.sum(ops.cast(weights, losses.dtype) * losses)
         if reg_losses:
             loss = loss + _sum(reg_losses)
-        return loss, (losses, outputs, new_non_trainable)
+        return loss * ops.cast(scale, loss.dtype), (loss, losses, outputs, new_non_trainable)
 
-    (loss, (losses, outputs, new_non_trainable)), grads = jax.value_and_grad(
+    (_, (loss, losses, outputs, new_non_trainable)), grads = jax.value_and_grad(
         objective, has_aux=True)(trainable)
     return grads, weights, losses, loss, new_non_trainable, outputs
+
+
+def calibrated_weights(alignment, noisy, clean):
+    """calibrated.py's weights: the noisy batch aligned with each half of the clean batch (the
+    first ⌊m/2⌋ examples, the rest), and each half with the other (the null), by `alignment(batch,
+    against)`; the weights from them by calibrated.weights_from_alignments (keras.ops)."""
+    from l2rw_tf import calibrated
+    half = clean[1].shape[0] // 2
+    first = keras.tree.map_structure(lambda t: t[:half], tuple(clean[:2]))
+    second = keras.tree.map_structure(lambda t: t[half:], tuple(clean[:2]))
+    null = ops.concatenate([alignment(first, second), alignment(second, first)], axis=0)
+    return calibrated.weights_from_alignments(alignment(noisy, first), alignment(noisy, second),
+                                              null)
 
 
 def step_fields(trainer):
@@ -186,57 +231,65 @@ def _positions(variables, subset):
 def train_step(trainer, state, data):
     """Keras' JAX `train_step(state, data)` for an L2RWModel: the L2RW step on the noisy batch
     with the clean batch zipped beside it, the optimizer's stateless update, the weight metrics,
-    the per-example statistics and the compiled metrics."""
+    the per-example statistics and the compiled metrics. Under a LossScaleOptimizer
+    (mixed_float16) the step's losses are scaled by its current scale, as on TensorFlow
+    (precision.loss_scale), and it divides the gradients by it, or skips the step (halving the
+    scale) when one overflowed: a skipped step counts in no weight statistic."""
     trainable, non_trainable, optimizer_values, metrics_values = state
     (x, y, sample_weight, position), (clean_x, clean_y) = data
-    model = trainer.model
-    if isinstance(trainer.optimizer, keras.optimizers.LossScaleOptimizer):
-        raise ValueError("L2RWModel on JAX does not support a LossScaleOptimizer (mixed_float16) "
-                         "yet: use the TensorFlow backend for it")
+    model, optimizer = trainer.model, trainer.optimizer
+    with keras.StatelessScope(state_mapping=list(zip(optimizer.variables, optimizer_values))):
+        loss_scale = precision.loss_scale(optimizer)
     t_index = _positions(trainer.trainable_variables, model.trainable_variables)
     n_index = _positions(trainer.non_trainable_variables, model.non_trainable_variables)
     grads, weights, losses, loss, new_model_values, outputs = l2rw_gradients(
         model, [trainable[i] for i in t_index], [non_trainable[i] for i in n_index],
         (x, y, sample_weight), (clean_x, clean_y), per_example(trainer._label_loss),  # noqa: SLF001
         meta_grad=trainer.meta_grad, include_regularization=trainer.include_regularization,
-        **step_fields(trainer))
+        loss_scale=loss_scale, **step_fields(trainer))
     # The gradients in the trainer's order (the wrapper has no trainable variable of its own).
     trainer_grads = [None] * len(trainable)
     for i, grad in zip(t_index, grads):
         trainer_grads[i] = grad
     before = (trainable, non_trainable, optimizer_values, metrics_values)
-    step = optimizer_values[_positions(trainer.optimizer.variables,
-                                       [trainer.optimizer.iterations])[0]] + 1
-    trainable, optimizer_values = trainer.optimizer.stateless_apply(
-        optimizer_values, trainer_grads, trainable)
+    step = optimizer_values[_positions(optimizer.variables, [optimizer.iterations])[0]] + 1
+    trainable, optimizer_values = optimizer.stateless_apply(optimizer_values, trainer_grads,
+                                                            trainable)
     non_trainable = list(non_trainable)
     for i, value in zip(n_index, new_model_values):
         non_trainable[i] = value
-    finite = None
-    if trainer.stop_on_nan:
-        finite = _all_finite([losses, loss, weights, *trainable,
-                              *(non_trainable[i] for i in n_index)])
 
     # The statistics, as the TensorFlow step keeps them: read and written through a scope that
     # maps the metrics' variables and `example_stats` to this step's values.
     mapping = list(zip(trainer.metrics_variables, metrics_values))
     stats = trainer.example_stats
-    stats_index = None
     if stats is not None:
-        stats_index = _positions(trainer.non_trainable_variables, [stats])[0]
-        mapping.append((stats, non_trainable[stats_index]))
+        mapping.append((stats, non_trainable[_positions(trainer.non_trainable_variables,
+                                                        [stats])[0]]))
     with keras.StatelessScope(state_mapping=mapping) as scope:
         update_weight_metrics(trainer, weights, position)
         trainer._loss_tracker.update_state(loss)  # noqa: SLF001
         logs = trainer.compute_metrics(x, y, outputs)
-    metrics_values = [_current(scope, v) for v in trainer.metrics_variables]
-    if stats is not None:
-        non_trainable[stats_index] = _current(scope, stats)
+    after = (trainable, [_current(scope, v) if v is stats else value
+                         for v, value in zip(trainer.non_trainable_variables, non_trainable)],
+             optimizer_values, [_current(scope, v) for v in trainer.metrics_variables])
+
+    # stop_on_nan checks the losses and the updated model variables, and the loss and weights
+    # unless a LossScaleOptimizer (which skips the steps they overflow) is in charge of them.
+    scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    finite = None
+    if trainer.stop_on_nan:
+        finite = _all_finite([losses, *([] if scaled else [loss, weights]), *after[0],
+                              *(after[1][i] for i in n_index)])
+    counted = finite
+    if scaled:
+        kept = optimizer.check_finite(trainer_grads)
+        counted = kept if finite is None else jnp.logical_and(kept, finite)
+    if counted is not None:
+        after = _statistics_counted_if(trainer, counted, before, after)
     if finite is not None:
-        trainable, non_trainable, optimizer_values, metrics_values = _kept_unless_finite(
-            trainer, finite, step, before, (trainable, non_trainable, optimizer_values,
-                                            metrics_values))
-    return logs, (trainable, non_trainable, optimizer_values, metrics_values)
+        after = _kept_unless_finite(trainer, finite, step, before, after)
+    return logs, after
 
 
 def _all_finite(tensors):
@@ -244,28 +297,38 @@ def _all_finite(tensors):
                               if jnp.issubdtype(jnp.asarray(t).dtype, jnp.floating)]))
 
 
-def _kept_unless_finite(trainer, finite, step, before, after):
-    """stop_on_nan, as the TensorFlow step: a step that is not `finite` leaves the model's and
-    the optimizer's values, the weight statistics and the loss as they were `before` it (the
-    compiled metrics take its outputs, as on TensorFlow), and `trainer.diverged_at` (read by
-    fit's StopOnNonFinite callback) becomes its number, 1-based, the first such step's."""
-    def select(old, new):
-        return [jnp.where(finite, b, a) for a, b in zip(old, new)]
-
-    trainable, non_trainable, optimizer_values = (select(a, b)
-                                                  for a, b in zip(before[:3], after[:3]))
+def _statistics_counted_if(trainer, counted, before, after):
+    """The state `after` a step, except that the weight statistics (the weight metrics, the loss
+    and `example_stats`) are as `before` it unless it is `counted`; the compiled metrics take its
+    outputs either way, as on TensorFlow."""
     statistics = [trainer.zero_weight_fraction, trainer.effective_sample_size,
                   trainer._loss_tracker, *trainer.group_weights.values()]  # noqa: SLF001
     kept = {id(v) for metric in statistics for v in metric.variables}
-    metrics_values = [jnp.where(finite, new, old) if id(v) in kept else new
-                      for v, old, new in zip(trainer.metrics_variables, before[3], after[3])]
+    if trainer.example_stats is not None:
+        kept.add(id(trainer.example_stats))
+
+    def select(variables, old, new):
+        return [jnp.where(counted, b, a) if id(v) in kept else b
+                for v, a, b in zip(variables, old, new)]
+
+    return (after[0], select(trainer.non_trainable_variables, before[1], after[1]), after[2],
+            select(trainer.metrics_variables, before[3], after[3]))
+
+
+def _kept_unless_finite(trainer, finite, step, before, after):
+    """stop_on_nan, as the TensorFlow step: a step that is not `finite` leaves the model's and
+    the optimizer's values as they were `before` it (the statistics already are:
+    `_statistics_counted_if`), and `trainer.diverged_at` (read by fit's StopOnNonFinite callback)
+    becomes its number, 1-based, the first such step's."""
+    def select(old, new):
+        return [jnp.where(finite, b, a) for a, b in zip(old, new)]
 
     def record(finite, step):
         if not finite and int(trainer.diverged_at.numpy()) < 0:
             trainer.diverged_at.assign(int(step))
 
     jax.debug.callback(record, finite, step)
-    return trainable, non_trainable, optimizer_values, metrics_values
+    return (*(select(a, b) for a, b in zip(before[:3], after[:3])), after[3])
 
 
 def _current(scope, variable):
@@ -308,7 +371,29 @@ def _symbolic_build(trainer, iterator=None, data_batch=None):
     """Keras' JAX `fit` builds the compiled loss and metrics on the first element of the
     iterator: given the noisy part of it, (x, y, sample_weight), as on TensorFlow."""
     if data_batch is None and iterator is not None:
-        for _, _, data in iterator:
-            data_batch = data[0] if isinstance(data, (list, tuple)) else next(data)
-            break
+        try:
+            for _, _, data in iterator:  # a distribution shards the element here
+                data_batch = data[0] if isinstance(data, (list, tuple)) else next(data)
+                break
+        except ValueError as e:
+            _refuse_uneven_clean_batches(trainer, e)
+            raise
     type(trainer)._symbolic_build(trainer, data_batch=data_batch)  # noqa: SLF001
+
+
+def data_parallel_devices():
+    """How many devices `keras.distribution`'s batch dimension spans (1 without one)."""
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return 1
+    mesh = distribution.device_mesh
+    return dict(zip(mesh.axis_names, mesh.shape))[distribution.batch_dim_name]
+
+
+def _refuse_uneven_clean_batches(trainer, error):
+    """A clean batch that does not split over the devices, as on TensorFlow (fit.train_step)."""
+    devices = data_parallel_devices()
+    clean_batch = getattr(trainer, "_clean_batch", None)
+    if devices > 1 and clean_batch and clean_batch % devices:
+        raise ValueError(f"the clean batch of {clean_batch} does not split evenly over "
+                         f"{devices} devices: give a clean_batch_size divisible by them") from error
