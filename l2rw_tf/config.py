@@ -287,6 +287,8 @@ def _resolved(config):
 # Rules: every check of the settings that needs no data, in the order they are reported.
 
 def _validate(c, given):
+    """Raises UsageError at the first rule `c` breaks, in the order the command line has always
+    checked them (what the machine must offer is `check_machine`'s, checked after these)."""
     for f in FIELDS:
         values = getattr(c, f.name)
         values = values if isinstance(values, tuple) else [values]
