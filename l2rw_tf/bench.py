@@ -268,22 +268,27 @@ def backend_ratios(rows):
         meta_grad = (fit.choose_meta_grad(build(r["model"], 1, 1)[0]())
                      if backend == "tensorflow" else "jvp")
         variant = f"l2rw_{meta_grad}"
+        ratio = r["ratio_to_baseline"].get(variant)
+        # fit's L2RW step over fit's plain step: JAX's steps are fit's; TensorFlow's with --fit.
+        fit_ratio = ratio if backend != "tensorflow" else r.get("fit", {}).get("fit_ratio")
         table.append({"model": r["model"], "n": r["n"], "m": r["m"], "backend": backend,
-                      "variant": variant, "ratio": r["ratio_to_baseline"].get(variant),
+                      "variant": variant, "ratio": ratio, "fit_ratio": fit_ratio,
                       "floor": r["ratio_to_baseline"].get(FLOOR)})
     return table
 
 
 def format_backend_ratios(table):
-    lines = ["L2RW step / plain step, each backend's own ("
-             "TensorFlow: the CLI steps; JAX: fit's train_function)",
+    def cell(value):
+        return "-" if value is None else f"{value:.2f}x"
+
+    lines = ["L2RW step / plain step, each backend's own (TensorFlow: the CLI steps, and fit's "
+             "with --fit; JAX: fit's train_function)",
              f"{'model':<10}{'n':>5}{'m':>5}  {'backend':<12}{'variant':<18}{'ratio':>8}"
-             f"{'floor':>8}"]
+             f"{'fit':>8}{'floor':>8}"]
     for t in table:
-        ratio = "-" if t["ratio"] is None else f"{t['ratio']:.2f}x"
-        floor = "-" if t["floor"] is None else f"{t['floor']:.2f}x"
         lines.append(f"{t['model']:<10}{t['n']:>5}{t['m']:>5}  {t['backend']:<12}"
-                     f"{t['variant']:<18}{ratio:>8}{floor:>8}")
+                     f"{t['variant']:<18}{cell(t['ratio']):>8}{cell(t['fit_ratio']):>8}"
+                     f"{cell(t['floor']):>8}")
     return "\n".join(lines)
 
 
@@ -532,6 +537,9 @@ def main(argv):
             rows += other_backend_rows(backend, model_names, FLAGS.batch_size, clean_sizes,
                                        FLAGS.meta_grads, rounds, steps)
     result = {"machine": machine(), "rounds": rounds, "steps_per_round": steps, "rows": rows}
+    if any(b != "tensorflow" for b in FLAGS.backends):
+        from importlib import metadata
+        result["machine"]["jax"] = metadata.version("jax")
     print()
     print(format_table(rows))
     print(f"(median of {rounds} interleaved rounds of {steps} steps; {result['machine']})")
