@@ -283,6 +283,25 @@ def test_backup_and_restore_resumes_exactly_on_jax(tmp_path):
     run_script(RESUME_SCRIPT, tmp_path / "backup")
 
 
+SAVE_SCRIPT = TRAINER + textwrap.dedent('''
+    fitted = trainer()
+    fitted.fit(x, y, batch_size=20, epochs=2, verbose=0)
+    path = sys.argv[1] + "/model.keras"
+    fitted.model.save(path)
+    loaded = keras.models.load_model(path)
+    np.testing.assert_array_equal(fitted.model.predict(x, verbose=0), loaded.predict(x, verbose=0))
+    config = fitted.get_config()
+    again = l2rw_tf.L2RWModel.from_config(config)
+    assert again.get_config() == config and again.algorithm == "calibrated"
+''')
+
+
+def test_the_fitted_model_saves_and_loads_on_jax(tmp_path):
+    """model.save / keras.models.load_model of a model L2RWModel fitted on JAX: the same
+    predictions; the trainer's config round-trips (the default algorithm included)."""
+    run_script(SAVE_SCRIPT, tmp_path)
+
+
 NAN_SCRIPT = TRAINER + textwrap.dedent('''
     first = trainer()
     first.fit(x[:20], y[:20], batch_size=20, shuffle=False, verbose=0)
